@@ -1,0 +1,305 @@
+"""Typed configuration: one pydantic-settings object for the whole platform.
+
+Every setting comes from the environment (prefix ``OMNIQUANT_``, nested with ``__``, e.g.
+``OMNIQUANT_KAFKA__SECURITY_PROTOCOL``) or a ``.env`` file. A few well-known unprefixed
+variables are honoured too because operators expect them: ``KAFKA_BOOTSTRAP_SERVERS``,
+``SCHEMA_REGISTRY_URL``, ``REDIS_URL``, ``CLICKHOUSE_URL``, and the vendors' own credential
+names (``MASSIVE_API_KEY``/``POLYGON_API_KEY``, ``APCA_API_KEY_ID``/``APCA_API_SECRET_KEY``,
+``KITE_API_KEY``/``KITE_API_SECRET``/``KITE_ACCESS_TOKEN``).
+
+Secrets are ``SecretStr``: they never show in ``repr``, logs or error messages; only
+:meth:`KafkaSettings.librdkafka_config` and the clients that need them reveal them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from omniquant.errors import ConfigError
+
+ENV_PREFIX = "OMNIQUANT_"
+_NESTED = "__"
+
+# Unprefixed variables that people already use for these services; they fill a setting only
+# when the prefixed form is not given.
+_WELL_KNOWN_ENV: dict[str, tuple[str, ...]] = {
+    "KAFKA_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
+    "SCHEMA_REGISTRY_URL": ("kafka", "schema_registry_url"),
+    "REDIS_URL": ("redis", "url"),
+    "CLICKHOUSE_URL": ("clickhouse", "url"),
+    "MASSIVE_API_KEY": ("feeds", "polygon_api_key"),
+    "POLYGON_API_KEY": ("feeds", "polygon_api_key"),
+    "APCA_API_KEY_ID": ("feeds", "alpaca_api_key_id"),
+    "APCA_API_SECRET_KEY": ("feeds", "alpaca_api_secret_key"),
+    "KITE_API_KEY": ("feeds", "kite_api_key"),
+    "KITE_API_SECRET": ("feeds", "kite_api_secret"),
+    "KITE_ACCESS_TOKEN": ("feeds", "kite_access_token"),
+}
+
+_TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]{0,200}$")
+
+
+def mask_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (for logs and status output)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Kafka client settings; passed through to librdkafka."""
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="host:port[,host:port]. Unset: the local stack's broker is used.",
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = (
+        None
+    )
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    schema_registry_url: str | None = Field(
+        default=None,
+        description="Confluent Schema Registry URL. Unset: Avro single-object encoding.",
+    )
+    schema_registry_basic_auth: SecretStr | None = Field(
+        default=None, description="user:password for the Schema Registry."
+    )
+    partitions: int = Field(default=3, ge=1, le=1000, description="partitions per topic")
+    replication_factor: int = Field(default=1, ge=1, le=7)
+    client_id: str = "omniquant"
+
+    @model_validator(mode="after")
+    def _check_security(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_"):
+            if self.sasl_mechanism is None:
+                raise ValueError(
+                    "sasl_mechanism must be set when security_protocol is "
+                    f"{self.security_protocol}"
+                )
+            if self.sasl_mechanism != "OAUTHBEARER" and (
+                not self.sasl_username or self.sasl_password is None
+            ):
+                raise ValueError("sasl_username and sasl_password are required for SASL")
+        for name in ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: file {path} does not exist")
+        if self.bootstrap_servers is not None:
+            for server in self.bootstrap_servers.split(","):
+                host, _, port = server.strip().rpartition(":")
+                if not host or not port.isdigit():
+                    raise ValueError(
+                        f"bootstrap_servers: {server!r} is not host:port"
+                    )
+        return self
+
+    def librdkafka_config(self, bootstrap_servers: str) -> dict[str, str]:
+        """Common librdkafka properties (secrets revealed: pass straight to the client)."""
+        conf: dict[str, str] = {
+            "bootstrap.servers": bootstrap_servers,
+            "security.protocol": self.security_protocol,
+            "client.id": self.client_id,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = str(self.ssl_ca_location)
+        if self.ssl_certificate_location:
+            conf["ssl.certificate.location"] = str(self.ssl_certificate_location)
+        if self.ssl_key_location:
+            conf["ssl.key.location"] = str(self.ssl_key_location)
+        if self.ssl_key_password is not None:
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        return conf
+
+
+class RedisSettings(_Section):
+    url: SecretStr | None = Field(
+        default=None, description="redis://[:password@]host:port/db. Unset: local server."
+    )
+
+
+class ClickHouseSettings(_Section):
+    url: SecretStr | None = Field(
+        default=None,
+        description="http(s)://user:password@host:8123 of a ClickHouse server. Unset: chDB.",
+    )
+    database: str = Field(default="omniquant", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    chdb_path: Path | None = Field(
+        default=None, description="chDB data directory. Unset: <state_dir>/clickhouse."
+    )
+    batch_size: int = Field(default=5000, ge=1, description="rows per insert")
+
+
+class RiskLimits(_Section):
+    """Pre-trade limits. Money is Decimal, never float."""
+
+    max_order_notional: Decimal = Field(default=Decimal("250000"), gt=0)
+    max_position_per_symbol: Decimal = Field(
+        default=Decimal("5000"), gt=0, description="absolute shares/units per symbol"
+    )
+    max_order_quantity: Decimal = Field(default=Decimal("100000"), gt=0)
+
+
+class FeedCredentials(_Section):
+    polygon_api_key: SecretStr | None = None
+    alpaca_api_key_id: SecretStr | None = None
+    alpaca_api_secret_key: SecretStr | None = None
+    alpaca_paper: bool = True
+    kite_api_key: SecretStr | None = None
+    kite_api_secret: SecretStr | None = None
+    kite_access_token: SecretStr | None = None
+
+
+class StackSettings(_Section):
+    """The local stack (`omniquant up`). Ports are off the defaults to avoid clashes."""
+
+    kafka_port: int = Field(default=19092, ge=1, le=65535)
+    kafka_controller_port: int = Field(default=19093, ge=1, le=65535)
+    kafka_heap: str = Field(default="512m", pattern=r"^[0-9]+[kmgKMG]$")
+    redis_port: int = Field(default=16379, ge=1, le=65535)
+    start_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class StrategySettings(_Section):
+    """The walking skeleton's SMA crossover."""
+
+    bar_interval_ms: int = Field(default=1000, ge=1, description="event-time bucket for closes")
+    fast_window: int = Field(default=5, ge=1)
+    slow_window: int = Field(default=20, ge=2)
+    order_quantity: Decimal = Field(default=Decimal("100"), gt=0)
+    strategy_id: str = Field(default="sma-x", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+
+    @model_validator(mode="after")
+    def _fast_below_slow(self) -> StrategySettings:
+        if self.fast_window >= self.slow_window:
+            raise ValueError("fast_window must be smaller than slow_window")
+        return self
+
+
+class Settings(BaseSettings):
+    """All settings. Build with :func:`load_settings` to get a ConfigError on bad input."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=_NESTED,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    risk: RiskLimits = RiskLimits()
+    feeds: FeedCredentials = FeedCredentials()
+    stack: StackSettings = StackSettings()
+    strategy: StrategySettings = StrategySettings()
+    topic_prefix: str = Field(
+        default="omniquant.",
+        description="prepended to every topic name (a backtest runs in its own namespace)",
+    )
+    state_dir: Path = Field(default=Path(".omniquant"), description="local stack data and logs")
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Prometheus port of this process; 0 = none"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _well_known_env(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for var, (section, field) in _WELL_KNOWN_ENV.items():
+            value = os.environ.get(var)
+            if not value:
+                continue
+            current = data.get(section)
+            if current is None:
+                current = {}
+            elif isinstance(current, BaseModel):
+                current = current.model_dump()
+            else:
+                current = dict(current)
+            current.setdefault(field, value)
+            data[section] = current
+        return data
+
+    @model_validator(mode="after")
+    def _check_prefix(self) -> Settings:
+        if not _TOPIC_PREFIX_RE.match(self.topic_prefix):
+            raise ValueError(
+                "topic_prefix may hold only letters, digits, '.', '_' and '-'"
+            )
+        return self
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.clickhouse.chdb_path or (self.state_dir / "clickhouse")
+
+    @property
+    def uses_local_kafka(self) -> bool:
+        return self.kafka.bootstrap_servers is None
+
+    @property
+    def uses_local_redis(self) -> bool:
+        return self.redis.url is None
+
+    def kafka_bootstrap(self) -> str:
+        """The cluster to use: KAFKA_BOOTSTRAP_SERVERS if set, else the local stack's broker."""
+        return self.kafka.bootstrap_servers or f"127.0.0.1:{self.stack.kafka_port}"
+
+    def redis_url(self) -> str:
+        """REDIS_URL if set (secret: do not log; see mask_url), else the local server."""
+        if self.redis.url is not None:
+            return self.redis.url.get_secret_value()
+        return f"redis://127.0.0.1:{self.stack.redis_port}/0"
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka properties common to producers, consumers and admin clients."""
+        return self.kafka.librdkafka_config(self.kafka_bootstrap())
+
+
+def env_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable that sets the field at ``loc`` (as pydantic reports it)."""
+    parts = [str(p) for p in loc if not str(p).startswith("function-")]
+    # Errors raised by an "after" validator of a section are reported at the section itself.
+    return ENV_PREFIX + _NESTED.join(p.upper() for p in parts) if parts else ENV_PREFIX + "*"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment; raise :class:`ConfigError` naming each bad setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_input=False, include_url=False):
+            lines.append(f"  {env_name(err['loc'])}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

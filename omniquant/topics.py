@@ -1,0 +1,175 @@
+"""The topic catalog: every topic the platform reads or writes, in one place.
+
+Names are logical (``market.trades``); the physical name is the configured prefix plus the
+logical name, so a backtest or a test can run in its own namespace (``bt-42.market.trades``).
+Topics are always created explicitly with these configs; the broker's auto-create is off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One topic: what its key is, which Avro record its values are, and how it is kept."""
+
+    logical_name: str
+    key: str
+    value_schema: str | None  # Avro full name; None for raw bytes (dead letters)
+    doc: str
+    partitions: int | None = None  # None: the cluster-wide default from settings
+    compacted: bool = False
+    retention_ms: int = 7 * DAY_MS
+    extra_config: tuple[tuple[str, str], ...] = field(default=())
+
+    def broker_config(self) -> dict[str, str]:
+        """Topic-level configs passed to CreateTopics."""
+        conf = {
+            "cleanup.policy": "compact" if self.compacted else "delete",
+            "message.timestamp.type": "CreateTime",  # producers stamp event time
+        }
+        if self.compacted:
+            conf["min.cleanable.dirty.ratio"] = "0.1"
+            conf["segment.ms"] = str(60 * 60 * 1000)
+        else:
+            conf["retention.ms"] = str(self.retention_ms)
+        conf.update(dict(self.extra_config))
+        return conf
+
+
+_NS = "io.omniquant"
+
+# Apps that consume topics; each gets its own dead-letter topic.
+CONSUMING_APPS: tuple[str, ...] = ("signals", "risk-gate", "execution", "sink-clickhouse")
+
+_CATALOG: tuple[TopicSpec, ...] = (
+    TopicSpec("market.trades", "symbol", f"{_NS}.market.Trade", "Trade prints from every feed."),
+    TopicSpec("market.quotes", "symbol", f"{_NS}.market.Quote", "Top-of-book quote updates."),
+    TopicSpec("market.bars", "symbol", f"{_NS}.market.Bar", "OHLCV bars built on event time."),
+    TopicSpec("signals", "symbol", f"{_NS}.strategy.Signal", "Strategy signals."),
+    TopicSpec(
+        "orders.requests", "symbol", f"{_NS}.orders.OrderRequest",
+        "Orders asking for pre-trade risk approval (from strategies or other systems).",
+    ),
+    TopicSpec(
+        "risk.decisions", "symbol", f"{_NS}.risk.RiskDecision",
+        "One decision per order request, with every check's inputs and result.",
+    ),
+    TopicSpec(
+        "orders.approved", "symbol", f"{_NS}.orders.OrderRequest",
+        "Order requests that passed pre-trade risk; the execution consumer's input.",
+    ),
+    TopicSpec(
+        "execution.reports", "symbol", f"{_NS}.orders.ExecutionReport",
+        "Order life-cycle events from the venue (new, fill, cancel, reject ...).",
+    ),
+    TopicSpec("fills", "symbol", f"{_NS}.orders.Fill", "Executions (trades of our orders)."),
+    TopicSpec(
+        "positions", "account|symbol", f"{_NS}.portfolio.Position",
+        "Latest position per account and symbol (compacted).", compacted=True,
+    ),
+    TopicSpec(
+        "risk.metrics", "scope", f"{_NS}.risk.RiskMetric", "VaR, drawdown, exposure, PnL."
+    ),
+    TopicSpec("alerts", "source", f"{_NS}.ops.Alert", "Operational and risk alerts."),
+    TopicSpec(
+        "control", "command key", f"{_NS}.ops.Control",
+        "Kill switch, trading state, limit changes (compacted: latest per key wins).",
+        compacted=True, partitions=1,
+    ),
+    *(
+        TopicSpec(
+            f"dlq.{app}", "original key", None,
+            f"Records the {app} app could not process: original bytes, error in headers.",
+            retention_ms=30 * DAY_MS,
+        )
+        for app in CONSUMING_APPS
+    ),
+)
+
+
+def catalog() -> tuple[TopicSpec, ...]:
+    return _CATALOG
+
+
+def spec(logical_name: str) -> TopicSpec:
+    for item in _CATALOG:
+        if item.logical_name == logical_name:
+            return item
+    raise KeyError(f"no topic {logical_name!r} in the catalog")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """Physical topic names for one namespace (prefix)."""
+
+    prefix: str
+
+    def name(self, logical_name: str) -> str:
+        spec(logical_name)  # fail fast on a typo
+        return f"{self.prefix}{logical_name}"
+
+    def dead_letter(self, app: str) -> str:
+        if app not in CONSUMING_APPS:
+            raise KeyError(f"no dead-letter topic for app {app!r}")
+        return f"{self.prefix}dlq.{app}"
+
+    def all(self) -> Iterator[tuple[str, TopicSpec]]:
+        for item in _CATALOG:
+            yield f"{self.prefix}{item.logical_name}", item
+
+    @property
+    def trades(self) -> str:
+        return self.name("market.trades")
+
+    @property
+    def quotes(self) -> str:
+        return self.name("market.quotes")
+
+    @property
+    def bars(self) -> str:
+        return self.name("market.bars")
+
+    @property
+    def signals(self) -> str:
+        return self.name("signals")
+
+    @property
+    def order_requests(self) -> str:
+        return self.name("orders.requests")
+
+    @property
+    def risk_decisions(self) -> str:
+        return self.name("risk.decisions")
+
+    @property
+    def approved_orders(self) -> str:
+        return self.name("orders.approved")
+
+    @property
+    def execution_reports(self) -> str:
+        return self.name("execution.reports")
+
+    @property
+    def fills(self) -> str:
+        return self.name("fills")
+
+    @property
+    def positions(self) -> str:
+        return self.name("positions")
+
+    @property
+    def risk_metrics(self) -> str:
+        return self.name("risk.metrics")
+
+    @property
+    def alerts(self) -> str:
+        return self.name("alerts")
+
+    @property
+    def control(self) -> str:
+        return self.name("control")

@@ -1,0 +1,316 @@
+"""Domain records: one pydantic model per Avro value schema in ``schemas/avro``.
+
+Conventions (applied everywhere):
+- Prices, quantities and money are ``int`` fixed-point at scale 1e-9 (see ``fixedpoint``).
+- ``ts_event``: when it happened (venue/event time), ``ts_init``: when we created the record;
+  both int64 UTC nanoseconds since the Unix epoch.
+- Enums are string enums whose values are the Avro enum symbols.
+Vendor SDK types never appear here; adapters convert at the edge.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+INT64 = Field(ge=-(2**63), le=2**63 - 1)
+
+
+class Side(StrEnum):
+    BUY = "BUY"
+    SELL = "SELL"
+
+
+class AggressorSide(StrEnum):
+    BUYER = "BUYER"
+    SELLER = "SELLER"
+    NONE = "NONE"
+
+
+class OrderType(StrEnum):
+    MARKET = "MARKET"
+    LIMIT = "LIMIT"
+
+
+class TimeInForce(StrEnum):
+    DAY = "DAY"
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+
+
+class SignalDirection(StrEnum):
+    LONG = "LONG"
+    SHORT = "SHORT"
+    FLAT = "FLAT"
+
+
+class Decision(StrEnum):
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+
+
+class ExecType(StrEnum):
+    PENDING_NEW = "PENDING_NEW"
+    NEW = "NEW"
+    PARTIAL_FILL = "PARTIAL_FILL"
+    FILL = "FILL"
+    PENDING_CANCEL = "PENDING_CANCEL"
+    CANCELED = "CANCELED"
+    REPLACED = "REPLACED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+    OTHER = "OTHER"
+
+
+class OrderStatus(StrEnum):
+    PENDING_NEW = "PENDING_NEW"
+    NEW = "NEW"
+    PARTIALLY_FILLED = "PARTIALLY_FILLED"
+    FILLED = "FILLED"
+    PENDING_CANCEL = "PENDING_CANCEL"
+    CANCELED = "CANCELED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+    UNKNOWN = "UNKNOWN"
+
+
+class LiquiditySide(StrEnum):
+    MAKER = "MAKER"
+    TAKER = "TAKER"
+    NONE = "NONE"
+
+
+class AlertSeverity(StrEnum):
+    INFO = "INFO"
+    WARNING = "WARNING"
+    CRITICAL = "CRITICAL"
+
+
+class ControlType(StrEnum):
+    KILL_SWITCH = "KILL_SWITCH"
+    TRADING_STATE = "TRADING_STATE"
+    LIMIT_CHANGE = "LIMIT_CHANGE"
+
+
+class TradingState(StrEnum):
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
+    HALTED = "HALTED"
+
+
+class Record(BaseModel):
+    """Base of every value record. ``AVRO_NAME`` is the full name of its Avro schema."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+    AVRO_NAME: ClassVar[str]
+
+
+class Trade(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.market.Trade"
+    symbol: str = Field(min_length=1, max_length=64)
+    venue: str
+    price: int = INT64
+    size: int = INT64
+    aggressor_side: AggressorSide = AggressorSide.NONE
+    trade_id: str | None = None
+    conditions: list[str] = Field(default_factory=list)
+    flags: list[str] = Field(default_factory=list)
+    source: str
+    ts_event: int = INT64
+    ts_init: int = INT64
+
+
+class Quote(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.market.Quote"
+    symbol: str = Field(min_length=1, max_length=64)
+    venue: str
+    bid_price: int | None = None
+    bid_size: int | None = None
+    ask_price: int | None = None
+    ask_size: int | None = None
+    conditions: list[str] = Field(default_factory=list)
+    flags: list[str] = Field(default_factory=list)
+    source: str
+    ts_event: int = INT64
+    ts_init: int = INT64
+
+
+class Bar(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.market.Bar"
+    symbol: str = Field(min_length=1, max_length=64)
+    venue: str
+    interval_ms: int = Field(gt=0)
+    open: int = INT64
+    high: int = INT64
+    low: int = INT64
+    close: int = INT64
+    volume: int = INT64
+    trade_count: int = Field(ge=0)
+    vwap: int | None = None
+    source: str
+    ts_event: int = INT64  # bar start (inclusive)
+    ts_init: int = INT64
+
+
+class Signal(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.strategy.Signal"
+    signal_id: str
+    strategy_id: str
+    symbol: str
+    direction: SignalDirection
+    price: int = INT64  # the close that triggered the signal
+    fast_value: int = INT64
+    slow_value: int = INT64
+    ts_event: int = INT64
+    ts_init: int = INT64
+
+
+class OrderRequest(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.orders.OrderRequest"
+    client_order_id: str = Field(min_length=1, max_length=64)
+    strategy_id: str
+    account: str = "paper"
+    symbol: str = Field(min_length=1, max_length=64)
+    side: Side
+    order_type: OrderType = OrderType.MARKET
+    quantity: int = Field(gt=0, le=2**63 - 1)
+    limit_price: int | None = None
+    time_in_force: TimeInForce = TimeInForce.DAY
+    reference_price: int | None = None  # price the strategy saw; risk uses it for notional
+    ts_event: int = INT64
+    ts_init: int = INT64
+
+
+class RiskCheck(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.risk.RiskCheck"
+    name: str
+    passed: bool
+    value: int | None = None  # fixed-point
+    limit: int | None = None  # fixed-point
+    message: str = ""
+
+
+class RiskDecision(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.risk.RiskDecision"
+    decision_id: str
+    client_order_id: str
+    account: str
+    symbol: str
+    side: Side
+    quantity: int = INT64
+    decision: Decision
+    reason: str
+    checks: list[RiskCheck] = Field(default_factory=list)
+    ts_event: int = INT64
+    ts_init: int = INT64
+
+
+class ExecutionReport(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.orders.ExecutionReport"
+    report_id: str
+    client_order_id: str
+    venue_order_id: str | None = None
+    account: str
+    symbol: str
+    side: Side
+    exec_type: ExecType
+    order_status: OrderStatus
+    quantity: int = INT64
+    last_quantity: int = 0
+    last_price: int | None = None
+    cum_quantity: int = 0
+    leaves_quantity: int = 0
+    avg_price: int | None = None
+    reason: str | None = None
+    venue: str
+    raw_event: str | None = None  # the venue's own event name, kept when unknown to us
+    ts_event: int = INT64
+    ts_init: int = INT64
+
+
+class Fill(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.orders.Fill"
+    fill_id: str
+    client_order_id: str
+    venue_order_id: str | None = None
+    account: str
+    symbol: str
+    side: Side
+    quantity: int = Field(gt=0, le=2**63 - 1)
+    price: int = INT64
+    commission: int = 0
+    liquidity_side: LiquiditySide = LiquiditySide.NONE
+    venue: str
+    ts_event: int = INT64
+    ts_init: int = INT64
+
+
+class Position(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.portfolio.Position"
+    account: str
+    symbol: str
+    quantity: int = INT64  # signed: long > 0, short < 0
+    avg_price: int = 0
+    realized_pnl: int = 0
+    last_price: int | None = None
+    unrealized_pnl: int = 0
+    ts_event: int = INT64
+    ts_init: int = INT64
+
+
+class RiskMetric(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.risk.RiskMetric"
+    metric: str  # e.g. VAR_95_1D, DRAWDOWN, GROSS_EXPOSURE, PNL
+    scope: str  # account, account|symbol, strategy ...
+    value: int = INT64  # fixed-point
+    window: str | None = None
+    ts_event: int = INT64
+    ts_init: int = INT64
+
+
+class Alert(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.ops.Alert"
+    alert_id: str
+    severity: AlertSeverity
+    source: str
+    kind: str
+    message: str
+    symbol: str | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+    ts_event: int = INT64
+    ts_init: int = INT64
+
+
+class Control(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.ops.Control"
+    command_id: str
+    control_type: ControlType
+    trading_state: TradingState | None = None
+    scope: str = "*"  # account, symbol or '*'
+    limit_name: str | None = None
+    limit_value: int | None = None  # fixed-point
+    issued_by: str
+    reason: str
+    ts_event: int = INT64
+    ts_init: int = INT64
+
+
+VALUE_MODELS: tuple[type[Record], ...] = (
+    Trade,
+    Quote,
+    Bar,
+    Signal,
+    OrderRequest,
+    RiskDecision,
+    ExecutionReport,
+    Fill,
+    Position,
+    RiskMetric,
+    Alert,
+    Control,
+)
+
+MODEL_BY_AVRO_NAME: dict[str, type[Record]] = {m.AVRO_NAME: m for m in VALUE_MODELS}
