@@ -70,9 +70,7 @@ class KafkaSettings(_Section):
         description="host:port[,host:port]. Unset: the local stack's broker is used.",
     )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = (
-        None
-    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_ca_location: Path | None = None
@@ -95,8 +93,7 @@ class KafkaSettings(_Section):
         if self.security_protocol.startswith("SASL_"):
             if self.sasl_mechanism is None:
                 raise ValueError(
-                    "sasl_mechanism must be set when security_protocol is "
-                    f"{self.security_protocol}"
+                    f"sasl_mechanism must be set when security_protocol is {self.security_protocol}"
                 )
             if self.sasl_mechanism != "OAUTHBEARER" and (
                 not self.sasl_username or self.sasl_password is None
@@ -110,9 +107,7 @@ class KafkaSettings(_Section):
             for server in self.bootstrap_servers.split(","):
                 host, _, port = server.strip().rpartition(":")
                 if not host or not port.isdigit():
-                    raise ValueError(
-                        f"bootstrap_servers: {server!r} is not host:port"
-                    )
+                    raise ValueError(f"bootstrap_servers: {server!r} is not host:port")
         return self
 
     def librdkafka_config(self, bootstrap_servers: str) -> dict[str, str]:
@@ -255,9 +250,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_prefix(self) -> Settings:
         if not _TOPIC_PREFIX_RE.match(self.topic_prefix):
-            raise ValueError(
-                "topic_prefix may hold only letters, digits, '.', '_' and '-'"
-            )
+            raise ValueError("topic_prefix may hold only letters, digits, '.', '_' and '-'")
         return self
 
     @property

@@ -1,14 +1,15 @@
 """The one exception tree of OmniQuant Streams.
 
-    OmniquantError
-    ├── ConfigError            invalid or missing setting; names the setting
-    │   └── MissingCredentialError
-    ├── StackError             a local service could not be started or reached
-    │   └── JavaNotFoundError
-    ├── SerdeError             bytes could not be encoded/decoded with our schemas
-    │   └── UnknownSchemaError
-    ├── TopicError             topic catalog / creation problems
-    └── SupervisorError        a pipeline stage died or a dependency went away
+OmniquantError
+├── ConfigError            invalid or missing setting; names the setting
+│   └── MissingCredentialError
+├── StackError             a local service could not be started or reached
+│   └── JavaNotFoundError
+├── SerdeError             bytes could not be encoded/decoded with our schemas
+│   └── UnknownSchemaError
+├── TopicError             topic catalog / creation problems
+├── DeliveryError          the broker did not acknowledge a produced record
+└── SupervisorError        a pipeline stage died or a dependency went away
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class UnknownSchemaError(SerdeError):
 
 class TopicError(OmniquantError):
     """A topic could not be created or does not match the catalog."""
+
+
+class DeliveryError(OmniquantError):
+    """A produced record was not acknowledged by the broker (acks=all)."""
 
 
 class SupervisorError(OmniquantError):

@@ -10,12 +10,27 @@ Vendor SDK types never appear here; adapters convert at the edge.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-INT64 = Field(ge=-(2**63), le=2**63 - 1)
+
+@dataclass(frozen=True, slots=True)
+class FixedPointField:
+    """Marks an int field as fixed-point money/quantity at scale 1e-9 (ClickHouse Decimal64(9))."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampNsField:
+    """Marks an int field as a UTC-nanosecond timestamp (ClickHouse DateTime64(9, 'UTC'))."""
+
+
+_I64 = Field(ge=-(2**63), le=2**63 - 1)
+FixedPoint = Annotated[int, _I64, FixedPointField()]
+PositiveFixedPoint = Annotated[int, Field(gt=0, le=2**63 - 1), FixedPointField()]
+TimestampNs = Annotated[int, _I64, TimestampNsField()]
 
 
 class Side(StrEnum):
@@ -112,30 +127,30 @@ class Trade(Record):
     AVRO_NAME: ClassVar[str] = "io.omniquant.market.Trade"
     symbol: str = Field(min_length=1, max_length=64)
     venue: str
-    price: int = INT64
-    size: int = INT64
+    price: FixedPoint
+    size: FixedPoint
     aggressor_side: AggressorSide = AggressorSide.NONE
     trade_id: str | None = None
     conditions: list[str] = Field(default_factory=list)
     flags: list[str] = Field(default_factory=list)
     source: str
-    ts_event: int = INT64
-    ts_init: int = INT64
+    ts_event: TimestampNs
+    ts_init: TimestampNs
 
 
 class Quote(Record):
     AVRO_NAME: ClassVar[str] = "io.omniquant.market.Quote"
     symbol: str = Field(min_length=1, max_length=64)
     venue: str
-    bid_price: int | None = None
-    bid_size: int | None = None
-    ask_price: int | None = None
-    ask_size: int | None = None
+    bid_price: FixedPoint | None = None
+    bid_size: FixedPoint | None = None
+    ask_price: FixedPoint | None = None
+    ask_size: FixedPoint | None = None
     conditions: list[str] = Field(default_factory=list)
     flags: list[str] = Field(default_factory=list)
     source: str
-    ts_event: int = INT64
-    ts_init: int = INT64
+    ts_event: TimestampNs
+    ts_init: TimestampNs
 
 
 class Bar(Record):
@@ -143,16 +158,16 @@ class Bar(Record):
     symbol: str = Field(min_length=1, max_length=64)
     venue: str
     interval_ms: int = Field(gt=0)
-    open: int = INT64
-    high: int = INT64
-    low: int = INT64
-    close: int = INT64
-    volume: int = INT64
+    open: FixedPoint
+    high: FixedPoint
+    low: FixedPoint
+    close: FixedPoint
+    volume: FixedPoint
     trade_count: int = Field(ge=0)
-    vwap: int | None = None
+    vwap: FixedPoint | None = None
     source: str
-    ts_event: int = INT64  # bar start (inclusive)
-    ts_init: int = INT64
+    ts_event: TimestampNs  # bar start (inclusive)
+    ts_init: TimestampNs
 
 
 class Signal(Record):
@@ -161,11 +176,11 @@ class Signal(Record):
     strategy_id: str
     symbol: str
     direction: SignalDirection
-    price: int = INT64  # the close that triggered the signal
-    fast_value: int = INT64
-    slow_value: int = INT64
-    ts_event: int = INT64
-    ts_init: int = INT64
+    price: FixedPoint  # the close that triggered the signal
+    fast_value: FixedPoint
+    slow_value: FixedPoint
+    ts_event: TimestampNs
+    ts_init: TimestampNs
 
 
 class OrderRequest(Record):
@@ -176,20 +191,20 @@ class OrderRequest(Record):
     symbol: str = Field(min_length=1, max_length=64)
     side: Side
     order_type: OrderType = OrderType.MARKET
-    quantity: int = Field(gt=0, le=2**63 - 1)
-    limit_price: int | None = None
+    quantity: PositiveFixedPoint
+    limit_price: FixedPoint | None = None
     time_in_force: TimeInForce = TimeInForce.DAY
-    reference_price: int | None = None  # price the strategy saw; risk uses it for notional
-    ts_event: int = INT64
-    ts_init: int = INT64
+    reference_price: FixedPoint | None = None  # price the strategy saw; risk uses it for notional
+    ts_event: TimestampNs
+    ts_init: TimestampNs
 
 
 class RiskCheck(Record):
     AVRO_NAME: ClassVar[str] = "io.omniquant.risk.RiskCheck"
     name: str
     passed: bool
-    value: int | None = None  # fixed-point
-    limit: int | None = None  # fixed-point
+    value: FixedPoint | None = None  # fixed-point
+    limit: FixedPoint | None = None  # fixed-point
     message: str = ""
 
 
@@ -200,12 +215,12 @@ class RiskDecision(Record):
     account: str
     symbol: str
     side: Side
-    quantity: int = INT64
+    quantity: FixedPoint
     decision: Decision
     reason: str
     checks: list[RiskCheck] = Field(default_factory=list)
-    ts_event: int = INT64
-    ts_init: int = INT64
+    ts_event: TimestampNs
+    ts_init: TimestampNs
 
 
 class ExecutionReport(Record):
@@ -218,17 +233,17 @@ class ExecutionReport(Record):
     side: Side
     exec_type: ExecType
     order_status: OrderStatus
-    quantity: int = INT64
-    last_quantity: int = 0
-    last_price: int | None = None
-    cum_quantity: int = 0
-    leaves_quantity: int = 0
-    avg_price: int | None = None
+    quantity: FixedPoint
+    last_quantity: FixedPoint = 0
+    last_price: FixedPoint | None = None
+    cum_quantity: FixedPoint = 0
+    leaves_quantity: FixedPoint = 0
+    avg_price: FixedPoint | None = None
     reason: str | None = None
     venue: str
     raw_event: str | None = None  # the venue's own event name, kept when unknown to us
-    ts_event: int = INT64
-    ts_init: int = INT64
+    ts_event: TimestampNs
+    ts_init: TimestampNs
 
 
 class Fill(Record):
@@ -239,36 +254,36 @@ class Fill(Record):
     account: str
     symbol: str
     side: Side
-    quantity: int = Field(gt=0, le=2**63 - 1)
-    price: int = INT64
-    commission: int = 0
+    quantity: PositiveFixedPoint
+    price: FixedPoint
+    commission: FixedPoint = 0
     liquidity_side: LiquiditySide = LiquiditySide.NONE
     venue: str
-    ts_event: int = INT64
-    ts_init: int = INT64
+    ts_event: TimestampNs
+    ts_init: TimestampNs
 
 
 class Position(Record):
     AVRO_NAME: ClassVar[str] = "io.omniquant.portfolio.Position"
     account: str
     symbol: str
-    quantity: int = INT64  # signed: long > 0, short < 0
-    avg_price: int = 0
-    realized_pnl: int = 0
-    last_price: int | None = None
-    unrealized_pnl: int = 0
-    ts_event: int = INT64
-    ts_init: int = INT64
+    quantity: FixedPoint  # signed: long > 0, short < 0
+    avg_price: FixedPoint = 0
+    realized_pnl: FixedPoint = 0
+    last_price: FixedPoint | None = None
+    unrealized_pnl: FixedPoint = 0
+    ts_event: TimestampNs
+    ts_init: TimestampNs
 
 
 class RiskMetric(Record):
     AVRO_NAME: ClassVar[str] = "io.omniquant.risk.RiskMetric"
     metric: str  # e.g. VAR_95_1D, DRAWDOWN, GROSS_EXPOSURE, PNL
     scope: str  # account, account|symbol, strategy ...
-    value: int = INT64  # fixed-point
+    value: FixedPoint  # fixed-point
     window: str | None = None
-    ts_event: int = INT64
-    ts_init: int = INT64
+    ts_event: TimestampNs
+    ts_init: TimestampNs
 
 
 class Alert(Record):
@@ -280,8 +295,8 @@ class Alert(Record):
     message: str
     symbol: str | None = None
     attributes: dict[str, str] = Field(default_factory=dict)
-    ts_event: int = INT64
-    ts_init: int = INT64
+    ts_event: TimestampNs
+    ts_init: TimestampNs
 
 
 class Control(Record):
@@ -291,11 +306,11 @@ class Control(Record):
     trading_state: TradingState | None = None
     scope: str = "*"  # account, symbol or '*'
     limit_name: str | None = None
-    limit_value: int | None = None  # fixed-point
+    limit_value: FixedPoint | None = None  # fixed-point
     issued_by: str
     reason: str
-    ts_event: int = INT64
-    ts_init: int = INT64
+    ts_event: TimestampNs
+    ts_init: TimestampNs
 
 
 VALUE_MODELS: tuple[type[Record], ...] = (

@@ -1,0 +1,61 @@
+# OmniQuant Streams — developer entry points. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RUN_SECONDS ?= 90
+RUN_ARGS ?= --duration $(RUN_SECONDS)
+
+.DEFAULT_GOAL := help
+.PHONY: help deps venv up down status topics run test test-unit lint fmt bench clean
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+
+deps: ## install missing system packages (Java 17+, Maven, redis-server)
+	@bash scripts/ensure-system-deps.sh
+
+$(BIN)/omniquant: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/omniquant ## create .venv and install the project with dev tools
+
+up: deps venv ## start the local stack (Kafka KRaft, Redis; chDB embedded)
+	$(BIN)/omniquant up
+
+down: venv ## stop the local stack
+	$(BIN)/omniquant down
+
+status: venv ## show local services and whether they answer
+	$(BIN)/omniquant status
+
+topics: up ## create the catalog's topics
+	$(BIN)/omniquant topics create
+
+run: up ## run the whole pipeline for RUN_SECONDS (default 90), then print where the data is
+	$(BIN)/omniquant run $(RUN_ARGS)
+
+test: deps venv ## run the whole test suite against real Kafka, Redis and chDB
+	@set +e; $(BIN)/pytest $(PYTEST_ARGS); code=$$?; \
+	if [ $$code -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$code
+
+test-unit: venv ## fast tests only (no services)
+	$(BIN)/pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+lint: venv ## ruff + mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: venv ## format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: venv ## benchmarks (print ratios against a baseline measured in the same run)
+	@for b in benchmarks/bench_*.py; do [ -e "$$b" ] && $(BIN)/python "$$b"; done; true
+
+clean: ## remove the venv and local state (stop the stack first)
+	rm -rf $(VENV) .omniquant .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,474 @@
+"""The `omniquant` command line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from omniquant.config import Settings, load_settings, mask_url
+from omniquant.errors import ConfigError, OmniquantError
+
+app = typer.Typer(
+    help="OmniQuant Streams: Kafka stream processing for trading.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+topics_app = typer.Typer(help="Create and list the catalog's topics.", no_args_is_help=True)
+stage_app = typer.Typer(
+    help="Run one pipeline stage in this process (what `run`, compose and k8s start).",
+    no_args_is_help=True,
+)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(stage_app, name="stage")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_SYMBOLS = "AAPL,MSFT,NVDA,SPY"
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _fail(exc: Exception, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code)
+
+
+def _symbols(value: str) -> list[str]:
+    symbols = [s.strip().upper() for s in value.split(",") if s.strip()]
+    if not symbols:
+        raise typer.BadParameter("give at least one symbol")
+    return symbols
+
+
+# ---- local stack ---------------------------------------------------------------------
+def _status_table(statuses: list[Any]) -> Table:
+    table = Table(title="OmniQuant local stack")
+    for col in ("service", "address", "managed", "answering", "detail"):
+        table.add_column(col)
+    for s in statuses:
+        table.add_row(
+            s.name,
+            s.address,
+            "yes" if s.managed else "external",
+            "[green]yes[/green]" if s.answering else "[red]no[/red]",
+            s.detail,
+        )
+    return table
+
+
+@app.command()
+def up() -> None:
+    """Start the local stack (Kafka KRaft, Redis; chDB is embedded) and wait until it answers."""
+    from omniquant.stack.manager import LocalStack
+
+    settings = _settings()
+    started = time.monotonic()
+    try:
+        statuses = LocalStack(settings).up()
+    except OmniquantError as exc:
+        raise _fail(exc) from None
+    console.print(_status_table(statuses))
+    console.print(f"stack ready in {time.monotonic() - started:.1f} s")
+
+
+@app.command()
+def down() -> None:
+    """Stop the services the local stack started (data stays in the state dir)."""
+    from omniquant.stack.manager import LocalStack
+
+    try:
+        LocalStack(_settings()).down()
+    except OmniquantError as exc:
+        raise _fail(exc) from None
+    console.print("stack stopped")
+
+
+@app.command()
+def status() -> None:
+    """Show each service, its address, and whether it answers."""
+    from omniquant.stack.manager import LocalStack
+
+    statuses = LocalStack(_settings()).status()
+    console.print(_status_table(statuses))
+    if not all(s.answering for s in statuses):
+        raise typer.Exit(1)
+
+
+@app.command()
+def healthcheck() -> None:
+    """Exit 0 when Kafka answers a metadata request (container health checks)."""
+    from omniquant.kafka import broker_answers
+
+    settings = _settings()
+    if not broker_answers(settings, timeout=5.0):
+        err_console.print(f"Kafka at {settings.kafka_bootstrap()} does not answer")
+        raise typer.Exit(1)
+
+
+# ---- topics -------------------------------------------------------------------------
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every topic of the catalog that does not exist yet (explicit configs)."""
+    from omniquant.kafka import ensure_topics, wait_for_broker
+
+    settings = _settings()
+    try:
+        wait_for_broker(settings, timeout=30)
+        created = ensure_topics(settings)
+    except OmniquantError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"created {len(created)} topic(s)" + (": " + ", ".join(created) if created else "")
+    )
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """List the catalog with each topic's physical name, schema and whether it exists."""
+    from omniquant.kafka import describe_topics
+    from omniquant.topics import TopicNames
+
+    settings = _settings()
+    try:
+        states = {t.name: t for t in describe_topics(settings)}
+    except Exception as exc:
+        raise _fail(exc) from None
+    table = Table(title=f"topics (prefix {settings.topic_prefix!r})")
+    for col in ("topic", "key", "value schema", "partitions", "policy", "exists"):
+        table.add_column(col)
+    for name, item in TopicNames(settings.topic_prefix).all():
+        state = states[name]
+        policy = "compact" if item.compacted else f"delete {item.retention_ms // 86_400_000}d"
+        table.add_row(
+            name,
+            item.key,
+            item.value_schema or "raw bytes",
+            str(state.partitions or item.partitions or settings.kafka.partitions),
+            policy,
+            "[green]yes[/green]" if state.exists else "[red]no[/red]",
+        )
+    console.print(table)
+
+
+# ---- stages -------------------------------------------------------------------------
+def _start_stage(name: str) -> Settings:
+    from omniquant.logs import configure_logging
+    from omniquant.metrics import APP_UP, serve_metrics
+
+    settings = _settings()
+    configure_logging(name, settings.log_level)
+    serve_metrics(settings.metrics_port)
+    APP_UP.labels(name).set(1)
+    return settings
+
+
+@stage_app.command("feed")
+def stage_feed(
+    symbols: Annotated[str, typer.Option(help="comma-separated symbols")] = DEFAULT_SYMBOLS,
+    rate: Annotated[float, typer.Option(min=0.1, help="trades per second, all symbols")] = 50.0,
+    ticks: Annotated[int | None, typer.Option(min=1, help="stop after N trades")] = None,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same prices)")] = 7,
+) -> None:
+    """Synthetic GBM market feed → trades topic."""
+    from producers import synthetic_feed
+
+    settings = _start_stage("feed")
+    synthetic_feed.run(settings, symbols=_symbols(symbols), rate=rate, ticks=ticks, seed=seed)
+
+
+@stage_app.command("signals")
+def stage_signals() -> None:
+    """Quix app: trades → SMA crossover → signals and order requests."""
+    from streams import signals
+
+    signals.run(_start_stage("signals"))
+
+
+@stage_app.command("risk-gate")
+def stage_risk_gate() -> None:
+    """Quix app: order requests → risk decisions and approved orders."""
+    from streams import risk_gate
+
+    risk_gate.run(_start_stage("risk-gate"))
+
+
+@stage_app.command("execution")
+def stage_execution() -> None:
+    """Quix app: approved orders → paper fills, execution reports, positions."""
+    from streams import execution
+
+    execution.run(_start_stage("execution"))
+
+
+@stage_app.command("sink-clickhouse")
+def stage_sink() -> None:
+    """Quix app: every record topic → ClickHouse tables."""
+    from sinks import app as sink_app
+
+    sink_app.run(_start_stage("sink-clickhouse"))
+
+
+# ---- run ----------------------------------------------------------------------------
+def _live_table(sup: Any) -> Table:
+    elapsed = time.monotonic() - sup.started_at if sup.started_at else 0.0
+    table = Table(title=f"omniquant run — {elapsed:5.1f} s — {sup.outcome}")
+    for col in ("stage", "state", "in msg/s", "out msg/s", "lag", "detail"):
+        table.add_column(col, justify="right" if "msg" in col or col == "lag" else "left")
+    for stage in sup.stages:
+        code = stage.exit_code
+        state = "running" if code is None else f"exited {code}"
+        table.add_row(
+            stage.name,
+            state,
+            f"{stage.rate_in:,.0f}",
+            f"{stage.rate_out:,.0f}",
+            "-" if stage.lag is None else f"{stage.lag:,}",
+            _stage_detail(stage),
+        )
+    return table
+
+
+def _stage_detail(stage: Any) -> str:
+    c = stage.counters
+    if stage.name == "risk-gate":
+        return (
+            f"approved {c.get('omniquant_risk_decisions_total:APPROVED', 0):,.0f}  "
+            f"rejected {c.get('omniquant_risk_decisions_total:REJECTED', 0):,.0f}"
+        )
+    if stage.name == "execution":
+        pnl = c.get("omniquant_pnl:realized", 0.0) + c.get("omniquant_pnl:unrealized", 0.0)
+        return f"fills {c.get('omniquant_fills_total', 0):,.0f}  PnL {pnl:,.2f}"
+    if stage.name == "sink-clickhouse":
+        return f"rows {c.get('omniquant_sink_rows_total', 0):,.0f}"
+    if stage.name == "feed":
+        return f"trades {c.get('omniquant_messages_out_total', 0):,.0f}"
+    if stage.name == "signals":
+        return f"late trades {c.get('omniquant_late_trades_total', 0):,.0f}"
+    return ""
+
+
+@app.command()
+def run(
+    duration: Annotated[
+        float | None, typer.Option(min=1, help="stop after S seconds (default: until Ctrl-C)")
+    ] = None,
+    symbols: Annotated[str, typer.Option(help="comma-separated symbols")] = DEFAULT_SYMBOLS,
+    rate: Annotated[float, typer.Option(min=0.1, help="feed trades per second")] = 50.0,
+    ticks: Annotated[int | None, typer.Option(min=1, help="feed stops after N trades")] = None,
+    seed: Annotated[int, typer.Option(help="feed random seed")] = 7,
+    metrics_port: Annotated[
+        int, typer.Option(help="first Prometheus port (stage i gets PORT+i); 0 = pick free")
+    ] = 0,
+    live: Annotated[bool, typer.Option(help="live terminal view")] = True,
+    drain_timeout: Annotated[
+        float, typer.Option(help="max seconds to let consumers catch up")
+    ] = 120.0,
+) -> None:
+    """Run the whole pipeline on the local stack, supervised; summary and queries at the end."""
+    from omniquant.kafka import ensure_topics, wait_for_broker
+    from omniquant.stack.manager import LocalStack
+    from omniquant.supervisor import Supervisor, pipeline_stages
+
+    settings = _settings()
+    symbol_list = _symbols(symbols)
+    try:
+        started = time.monotonic()
+        LocalStack(settings).up()
+        wait_for_broker(settings, timeout=settings.stack.start_timeout_s)
+        ensure_topics(settings)
+        console.print(f"stack and topics ready in {time.monotonic() - started:.1f} s")
+    except OmniquantError as exc:
+        raise _fail(exc) from None
+
+    stages = pipeline_stages(
+        settings,
+        symbols=symbol_list,
+        rate=rate,
+        ticks=ticks,
+        seed=seed,
+        metrics_base_port=metrics_port,
+    )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = settings.state_dir / "logs" / f"run-{stamp}"
+    console.print("stages (Prometheus metrics):")
+    for stage in stages:
+        console.print(f"  {stage.name:<16} http://127.0.0.1:{stage.metrics_port}/metrics")
+    console.print(f"logs: {log_dir}")
+
+    use_live = live and console.is_terminal
+    last_print = [0.0]
+
+    def print_progress(sup: Supervisor) -> None:
+        if time.monotonic() - last_print[0] >= 5.0:
+            last_print[0] = time.monotonic()
+            console.print(_live_table(sup))
+
+    if use_live:
+        with Live(console=console, refresh_per_second=2) as view:
+            supervisor = Supervisor(
+                settings,
+                stages,
+                duration=duration,
+                log_dir=log_dir,
+                drain_timeout=drain_timeout,
+                on_tick=lambda s: view.update(_live_table(s)),
+            )
+            code = supervisor.run()
+            view.update(_live_table(supervisor))
+    else:
+        supervisor = Supervisor(
+            settings,
+            stages,
+            duration=duration,
+            log_dir=log_dir,
+            drain_timeout=drain_timeout,
+            on_tick=print_progress,
+        )
+        code = supervisor.run()
+        console.print(_live_table(supervisor))
+    elapsed = time.monotonic() - supervisor.started_at
+    if code != 0:
+        err_console.print(f"[red]run failed after {elapsed:.1f} s: {supervisor.outcome}[/red]")
+        raise typer.Exit(code)
+    _print_summary(settings, supervisor, elapsed)
+
+
+def _print_summary(settings: Settings, supervisor: Any, elapsed: float) -> None:
+    from omniquant.clickhouse import connect_clickhouse
+    from sinks.clickhouse import TABLE_BY_TOPIC
+
+    console.print(
+        f"\n[bold]run finished cleanly[/bold] after {elapsed:.1f} s ({supervisor.outcome})"
+    )
+    for stage in supervisor.stages:
+        c = stage.counters
+        total_in = c.get("omniquant_messages_in_total", 0.0)
+        total_out = c.get("omniquant_messages_out_total", 0.0)
+        console.print(
+            f"  {stage.name:<16} in {total_in:>9,.0f} (peak {stage.peak_in:>7,.0f}/s)  "
+            f"out {total_out:>9,.0f} (peak {stage.peak_out:>7,.0f}/s)  {_stage_detail(stage)}"
+        )
+    db = settings.clickhouse.database
+    try:
+        client = connect_clickhouse(settings)
+        try:
+            table = Table(title=f"ClickHouse database `{db}`")
+            table.add_column("table")
+            table.add_column("rows", justify="right")
+            for name in TABLE_BY_TOPIC.values():
+                rows = client.query(f"SELECT count() FROM `{db}`.`{name}`").rows[0][0]
+                table.add_row(name, f"{rows:,}")
+            console.print(table)
+        finally:
+            client.close()
+    except OmniquantError as exc:
+        console.print(f"(could not read ClickHouse: {exc})")
+    where = (
+        mask_url(settings.clickhouse.url.get_secret_value())
+        if settings.clickhouse.url
+        else f"chDB at {settings.chdb_path}"
+    )
+    console.print(f"data: {where}")
+    console.print("query it, e.g.:")
+    console.print(
+        f'  omniquant sql "SELECT symbol, count(), sum(quantity) FROM {db}.fills GROUP BY symbol"'
+    )
+    console.print(
+        f'  omniquant sql "SELECT decision, reason, count() FROM {db}.risk_decisions '
+        'GROUP BY ALL" --format csv'
+    )
+
+
+# ---- sql ----------------------------------------------------------------------------
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL for ClickHouse (chDB or server)")],
+    output: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
+) -> None:
+    """Query the platform's ClickHouse (embedded chDB by default, CLICKHOUSE_URL if set)."""
+    from omniquant.clickhouse import connect_clickhouse
+
+    settings = _settings()
+    try:
+        client = connect_clickhouse(settings)
+        try:
+            result = client.query(query)
+        finally:
+            client.close()
+    except OmniquantError as exc:
+        raise _fail(exc) from None
+    if output == OutputFormat.json:
+        rows = [dict(zip(result.columns, map(_plain, row), strict=True)) for row in result.rows]
+        sys.stdout.write(json.dumps(rows, default=str, indent=2) + "\n")
+    elif output == OutputFormat.csv:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(result.columns)
+        writer.writerows([[_plain(v) for v in row] for row in result.rows])
+        sys.stdout.write(buf.getvalue())
+    else:
+        table = Table()
+        for col in result.columns:
+            table.add_column(col)
+        for row in result.rows:
+            table.add_row(*("NULL" if v is None else str(_plain(v)) for v in row))
+        console.print(table)
+        console.print(f"{len(result.rows)} row(s)")
+
+
+# ---- config -------------------------------------------------------------------------
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective settings as JSON (secrets masked)."""
+    settings = _settings()
+    doc = json.loads(settings.model_dump_json())
+    doc["effective"] = {
+        "kafka_bootstrap": settings.kafka_bootstrap(),
+        "redis": mask_url(settings.redis_url()),
+        "chdb_path": str(settings.chdb_path),
+    }
+    console.print_json(json.dumps(doc, default=str))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Prometheus metrics shared by every long-running component.
+
+Each process serves ``/metrics`` on ``OMNIQUANT_METRICS_PORT`` (0 = off). Money gauges are
+floats only because Prometheus has no other type; ledgers stay exact ints.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, start_http_server
+
+MESSAGES_IN = Counter(
+    "omniquant_messages_in_total", "Records consumed and processed", ["app", "topic"]
+)
+MESSAGES_OUT = Counter("omniquant_messages_out_total", "Records produced", ["app", "topic"])
+DEAD_LETTERS = Counter(
+    "omniquant_dead_letters_total",
+    "Records sent to a dead-letter topic",
+    ["app", "topic", "error"],
+)
+RISK_DECISIONS = Counter("omniquant_risk_decisions_total", "Pre-trade risk decisions", ["decision"])
+FILLS = Counter("omniquant_fills_total", "Fills produced by the execution consumer", ["venue"])
+PNL = Gauge("omniquant_pnl", "Portfolio PnL in account currency", ["kind"])
+SINK_ROWS = Counter("omniquant_sink_rows_total", "Rows written to ClickHouse", ["table"])
+LATE_TRADES = Counter(
+    "omniquant_late_trades_total", "Trades older than the current bar, ignored by signals", []
+)
+APP_UP = Gauge("omniquant_app_up", "1 while the app runs", ["app"])
+
+
+def serve_metrics(port: int) -> None:
+    """Start the /metrics HTTP endpoint in a daemon thread (port 0: do nothing)."""
+    if port:
+        start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from other containers

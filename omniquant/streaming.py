@@ -1,0 +1,267 @@
+"""Quix Streams wiring shared by every stream app: Avro topics, dead letters, app factory.
+
+An app built here
+- reads and writes our Avro records (both framings, via :class:`schemas.serde.AvroSerde`);
+- sends every record it cannot deserialize or process to its dead-letter topic with the
+  original bytes (or the decoded value as JSON when only that is left) and the error in
+  headers, counts it, and keeps running;
+- uses its own consumer group ``<topic prefix><app>``, commits after processing
+  (at-least-once), and a state dir under ``<state_dir>/quix/<app>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Producer
+from quixstreams import Application
+from quixstreams.kafka.configuration import ConnectionConfig
+from quixstreams.models import Row
+from quixstreams.models.serializers import (
+    Deserializer,
+    SerializationContext,
+    Serializer,
+)
+from quixstreams.models.serializers.exceptions import SerializationError
+from quixstreams.models.topics import Topic
+
+from omniquant.config import Settings
+from omniquant.errors import SerdeError
+from omniquant.kafka import PARTITIONER, producer_config
+from omniquant.logs import CORRELATION_HEADER
+from omniquant.metrics import DEAD_LETTERS, MESSAGES_IN, MESSAGES_OUT
+from omniquant.topics import TopicNames, spec
+from schemas.models import MODEL_BY_AVRO_NAME, Record
+from schemas.serde import AvroSerde
+
+log = logging.getLogger(__name__)
+
+# Headers a dead letter carries besides the original ones.
+DLQ_HEADERS = (
+    "dlq.error.class",
+    "dlq.error.message",
+    "dlq.app",
+    "dlq.stage",
+    "dlq.original.topic",
+    "dlq.original.partition",
+    "dlq.original.offset",
+    "dlq.original.timestamp",
+)
+
+
+class AvroRecordDeserializer(Deserializer):
+    """Kafka bytes → dict of the topic's record type (validated)."""
+
+    def __init__(self, serde: AvroSerde, model: type[Record], app: str) -> None:
+        super().__init__()
+        self._serde = serde
+        self._model = model
+        self._app = app
+
+    def __call__(self, value: bytes, ctx: SerializationContext) -> Any:
+        try:
+            record = self._serde.decode_as(value, self._model, topic=ctx.topic)
+        except SerdeError as exc:
+            raise SerializationError(str(exc)) from exc
+        MESSAGES_IN.labels(self._app, ctx.topic).inc()
+        return record.model_dump()
+
+
+class AvroRecordSerializer(Serializer):
+    """dict or Record → Avro bytes of the topic's record type."""
+
+    def __init__(self, serde: AvroSerde, model: type[Record], app: str) -> None:
+        super().__init__()
+        self._serde = serde
+        self._model = model
+        self._app = app
+
+    def __call__(self, value: Any, ctx: SerializationContext) -> bytes:
+        record = value if isinstance(value, self._model) else self._model.model_validate(value)
+        try:
+            data = self._serde.encode(record, topic=ctx.topic)
+        except SerdeError as exc:
+            raise SerializationError(str(exc)) from exc
+        MESSAGES_OUT.labels(self._app, ctx.topic).inc()
+        return data
+
+
+def _header_bytes(value: object) -> bytes:
+    return str(value).encode("utf-8")[:4096]
+
+
+class DeadLetters:
+    """Publishes records an app could not handle to ``<prefix>dlq.<app>``.
+
+    Each write is flushed before returning: the source offset may be committed right after,
+    and a dead letter must not be lost with it.
+    """
+
+    def __init__(self, settings: Settings, app: str) -> None:
+        self.app = app
+        self.topic = TopicNames(settings.topic_prefix).dead_letter(app)
+        self._producer = Producer(producer_config(settings, **{"client.id": f"{app}-dlq"}))
+
+    def publish(
+        self,
+        *,
+        stage: str,
+        error: Exception,
+        topic: str | None,
+        partition: int | None,
+        offset: int | None,
+        timestamp_ms: int | None,
+        key: bytes | str | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> None:
+        dlq_headers = [(k, v) for k, v in (headers or []) if not k.startswith("dlq.")]
+        dlq_headers += [
+            ("dlq.error.class", _header_bytes(type(error).__name__)),
+            ("dlq.error.message", _header_bytes(error)),
+            ("dlq.app", _header_bytes(self.app)),
+            ("dlq.stage", _header_bytes(stage)),
+            ("dlq.original.topic", _header_bytes(topic)),
+            ("dlq.original.partition", _header_bytes(partition)),
+            ("dlq.original.offset", _header_bytes(offset)),
+            ("dlq.original.timestamp", _header_bytes(timestamp_ms)),
+        ]
+        failures: list[Exception] = []
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(RuntimeError(str(err)))
+
+        self._producer.produce(
+            self.topic, key=key, value=value, headers=dlq_headers, on_delivery=on_delivery
+        )
+        remaining = self._producer.flush(30)
+        if remaining or failures:
+            # Refusing to continue is the only way not to lose the record: the app stops
+            # and the supervisor reports it; the offset stays uncommitted.
+            raise RuntimeError(f"dead letter to {self.topic} was not delivered: {failures}")
+        DEAD_LETTERS.labels(self.app, topic or "", type(error).__name__).inc()
+        log.warning(
+            "record sent to dead-letter topic",
+            extra={
+                "dlq_topic": self.topic,
+                "source_topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "error": f"{type(error).__name__}: {error}",
+            },
+        )
+
+    def on_consumer_error(self, exc: Exception, message: Any, logger: logging.Logger) -> bool:
+        """Quix callback: a message could not be deserialized (or polling failed)."""
+        if message is None or not isinstance(exc, SerializationError):
+            return False  # broker-level errors are not the record's fault: let them surface
+        ts_type, ts = message.timestamp()
+        self.publish(
+            stage="deserialize",
+            error=exc,
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            timestamp_ms=ts if ts_type else None,
+            key=message.key(),
+            value=message.value(),
+            headers=list(message.headers() or []),
+        )
+        return True
+
+    def on_processing_error(self, exc: Exception, row: Row | None, logger: logging.Logger) -> bool:
+        """Quix callback: our code raised on a decoded record. The value goes out as JSON."""
+        if row is None:
+            return False
+        value = json.dumps(row.value, default=str).encode("utf-8")
+        key = row.key if isinstance(row.key, bytes | str) else None
+        headers = [
+            (k, v if isinstance(v, bytes) else _header_bytes(v)) for k, v in (row.headers or [])
+        ]
+        self.publish(
+            stage="process",
+            error=exc,
+            topic=row.topic,
+            partition=row.partition,
+            offset=row.offset,
+            timestamp_ms=row.timestamp,
+            key=key,
+            value=value,
+            headers=headers,
+        )
+        return True
+
+    def close(self) -> None:
+        self._producer.flush(30)
+
+
+class StreamApp:
+    """An Application plus what our apps need around it (topics, serde, dead letters)."""
+
+    def __init__(self, settings: Settings, name: str, *, commit_interval: float = 1.0) -> None:
+        self.settings = settings
+        self.name = name
+        self.names = TopicNames(settings.topic_prefix)
+        self.serde = AvroSerde.from_settings(settings)
+        self.dead_letters = DeadLetters(settings, name)
+        connection = ConnectionConfig.from_librdkafka_dict(
+            dict(settings.kafka_client_config()), ignore_extras=True
+        )
+        self.app = Application(
+            broker_address=connection,
+            consumer_group=f"{settings.topic_prefix}{name}",
+            auto_offset_reset="earliest",
+            commit_interval=commit_interval,
+            auto_create_topics=False,
+            state_dir=str(settings.state_dir / "quix" / f"{settings.topic_prefix}{name}"),
+            on_consumer_error=self.dead_letters.on_consumer_error,
+            on_processing_error=self.dead_letters.on_processing_error,
+            producer_extra_config={"partitioner": PARTITIONER, "linger.ms": 5},
+            loglevel=None,
+            broker_availability_timeout=30.0,
+        )
+
+    @property
+    def consumer_group(self) -> str:
+        return f"{self.settings.topic_prefix}{self.name}"
+
+    def topic(self, logical_name: str) -> Topic:
+        """A catalog topic with our Avro serde for values and UTF-8 string keys."""
+        item = spec(logical_name)
+        if item.value_schema is None:
+            raise ValueError(f"{logical_name} carries raw bytes, not records")
+        model = MODEL_BY_AVRO_NAME[item.value_schema]
+        return self.app.topic(
+            self.names.name(logical_name),
+            key_serializer="str",
+            key_deserializer="str",
+            value_serializer=AvroRecordSerializer(self.serde, model, self.name),
+            value_deserializer=AvroRecordDeserializer(self.serde, model, self.name),
+        )
+
+    def run(self) -> None:
+        try:
+            self.app.run()
+        finally:
+            self.dead_letters.close()
+
+
+def correlation_headers(field: str) -> Callable[[Any, Any, int, Any], list[tuple[str, bytes]]]:
+    """``set_headers`` callback: keep incoming headers, set correlation_id from ``field``."""
+
+    def set_headers(value: Any, _key: Any, _ts: int, headers: Any) -> list[tuple[str, bytes]]:
+        kept = [(k, v) for k, v in (headers or []) if k != CORRELATION_HEADER]
+        kept.append((CORRELATION_HEADER, str(value[field]).encode("utf-8")))
+        return kept
+
+    return set_headers
+
+
+def now_ns() -> int:
+    """Wall-clock UTC ns, for ``ts_init`` only (event time always comes from the data)."""
+    return time.time_ns()

@@ -1,0 +1,150 @@
+"""Paper execution app: approved orders → fills at the last trade price.
+
+The price is found by an event-time as-of join with the trades topic (both keyed by symbol,
+co-partitioned): the last trade at or before the order's timestamp. Replaying the topics
+gives the same fills. An order with no trade before it is rejected with that reason.
+Each order yields execution reports (NEW, then FILL or REJECTED), a fill, and the updated
+position of its account and symbol (exact average-cost PnL in Quix state).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quixstreams import State
+
+from omniquant.config import Settings
+from omniquant.metrics import FILLS, PNL
+from omniquant.streaming import StreamApp, correlation_headers, now_ns
+from schemas.fixedpoint import from_fixed
+from schemas.models import (
+    ExecType,
+    ExecutionReport,
+    Fill,
+    LiquiditySide,
+    OrderRequest,
+    OrderStatus,
+)
+from streams.logic.positions import PositionLedger
+
+APP_NAME = "execution"
+VENUE = "PAPER"
+
+
+class PaperExecution:
+    """Fills each order in full at the as-of trade price; keeps positions per symbol."""
+
+    def __init__(self) -> None:
+        # Process-wide PnL for the metrics gauge: (account, symbol) → (realized, unrealized).
+        self._pnl: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def on_order(self, joined: dict[str, Any], state: State) -> dict[str, Any]:
+        order = OrderRequest.model_validate(joined["order"])
+        trade = joined["trade"]
+        ts_init = now_ns()
+        venue_order_id = f"{VENUE}-{order.client_order_id}"
+        common = {
+            "client_order_id": order.client_order_id,
+            "venue_order_id": venue_order_id,
+            "account": order.account,
+            "symbol": order.symbol,
+            "side": order.side,
+            "quantity": order.quantity,
+            "venue": VENUE,
+            "ts_event": order.ts_event,
+            "ts_init": ts_init,
+        }
+        if trade is None:
+            rejected = ExecutionReport(
+                report_id=f"{venue_order_id}-R",
+                exec_type=ExecType.REJECTED,
+                order_status=OrderStatus.REJECTED,
+                reason=f"no trade price for {order.symbol} at or before the order time",
+                **common,
+            )
+            return {"reports": [rejected.model_dump()], "fill": None, "position": None}
+        price = int(trade["price"])
+        fill_ts = max(order.ts_event, int(trade["ts_event"]))
+        accepted = ExecutionReport(
+            report_id=f"{venue_order_id}-N",
+            exec_type=ExecType.NEW,
+            order_status=OrderStatus.NEW,
+            leaves_quantity=order.quantity,
+            **common,
+        )
+        filled = ExecutionReport(
+            report_id=f"{venue_order_id}-F1",
+            exec_type=ExecType.FILL,
+            order_status=OrderStatus.FILLED,
+            last_quantity=order.quantity,
+            last_price=price,
+            cum_quantity=order.quantity,
+            leaves_quantity=0,
+            avg_price=price,
+            **{**common, "ts_event": fill_ts},
+        )
+        fill = Fill(
+            fill_id=f"{venue_order_id}-F1",
+            client_order_id=order.client_order_id,
+            venue_order_id=venue_order_id,
+            account=order.account,
+            symbol=order.symbol,
+            side=order.side,
+            quantity=order.quantity,
+            price=price,
+            liquidity_side=LiquiditySide.TAKER,
+            venue=VENUE,
+            ts_event=fill_ts,
+            ts_init=ts_init,
+        )
+        snapshot = state.get("ledger")
+        ledger = (
+            PositionLedger.restore(snapshot)
+            if snapshot is not None
+            else PositionLedger(account=order.account, symbol=order.symbol)
+        )
+        position = ledger.apply_fill(fill)
+        position = ledger.mark(price, fill_ts)
+        state.set("ledger", ledger.snapshot())
+        FILLS.labels(VENUE).inc()
+        self._pnl[(order.account, order.symbol)] = (position.realized_pnl, position.unrealized_pnl)
+        PNL.labels("realized").set(float(from_fixed(sum(r for r, _ in self._pnl.values()))))
+        PNL.labels("unrealized").set(float(from_fixed(sum(u for _, u in self._pnl.values()))))
+        return {
+            "reports": [accepted.model_dump(), filled.model_dump()],
+            "fill": fill.model_dump(),
+            "position": position.model_dump(),
+        }
+
+
+def _join(order: dict[str, Any], trade: dict[str, Any] | None) -> dict[str, Any]:
+    return {"order": order, "trade": trade}
+
+
+def build(settings: Settings) -> StreamApp:
+    stream = StreamApp(settings, APP_NAME)
+    execution = PaperExecution()
+    orders = stream.app.dataframe(stream.topic("orders.approved"))
+    trades = stream.app.dataframe(stream.topic("market.trades"))
+    joined = orders.join_asof(trades, how="left", on_merge=_join, grace_ms=24 * 3600 * 1000)
+    outputs = joined.apply(execution.on_order, stateful=True)
+
+    reports = outputs.apply(lambda out: out["reports"], expand=True)
+    reports = reports.set_headers(correlation_headers("client_order_id"))
+    reports.to_topic(stream.topic("execution.reports"))
+
+    fills = outputs.filter(lambda out: out["fill"] is not None).apply(lambda out: out["fill"])
+    fills = fills.set_headers(correlation_headers("client_order_id"))
+    fills.to_topic(stream.topic("fills"))
+
+    positions = outputs.filter(lambda out: out["position"] is not None).apply(
+        lambda out: out["position"]
+    )
+    positions.to_topic(
+        stream.topic("positions"), key=lambda pos: f"{pos['account']}|{pos['symbol']}"
+    )
+    return stream
+
+
+def run(settings: Settings) -> None:
+    build(settings).run()

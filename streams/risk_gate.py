@@ -1,0 +1,56 @@
+"""Risk gate app: order requests → one risk decision each → approved orders.
+
+Every request gets exactly one decision on the risk-decisions topic, with every check's
+inputs and result (decisions are data, not exceptions). Approved requests are forwarded
+unchanged to the approved-orders topic. The per-symbol exposure the checks need lives in
+Quix state keyed by symbol (order requests are keyed by symbol).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quixstreams import State
+
+from omniquant.config import Settings
+from omniquant.metrics import RISK_DECISIONS
+from omniquant.streaming import StreamApp, correlation_headers, now_ns
+from schemas.models import Decision, OrderRequest
+from streams.logic.risk import PreTradeRisk, RiskLimitsRaw, SymbolRiskState
+
+APP_NAME = "risk-gate"
+
+
+class RiskGateProcessor:
+    def __init__(self, settings: Settings) -> None:
+        self.risk = PreTradeRisk(RiskLimitsRaw.from_config(settings.risk))
+
+    def on_order(self, request: dict[str, Any], state: State) -> dict[str, Any]:
+        order = OrderRequest.model_validate(request)
+        stored = state.get("risk")
+        current = SymbolRiskState.from_dict(stored) if stored is not None else SymbolRiskState()
+        decision, updated = self.risk.check(order, current, ts_init=now_ns())
+        state.set("risk", updated.to_dict())
+        RISK_DECISIONS.labels(decision.decision.value).inc()
+        approved = decision.decision == Decision.APPROVED
+        return {"decision": decision.model_dump(), "order": request if approved else None}
+
+
+def build(settings: Settings) -> StreamApp:
+    stream = StreamApp(settings, APP_NAME)
+    processor = RiskGateProcessor(settings)
+    requests = stream.app.dataframe(stream.topic("orders.requests"))
+    outputs = requests.apply(processor.on_order, stateful=True)
+
+    decisions = outputs.apply(lambda out: out["decision"])
+    decisions = decisions.set_headers(correlation_headers("client_order_id"))
+    decisions.to_topic(stream.topic("risk.decisions"))
+
+    approved = outputs.filter(lambda out: out["order"] is not None).apply(lambda out: out["order"])
+    approved = approved.set_headers(correlation_headers("client_order_id"))
+    approved.to_topic(stream.topic("orders.approved"))
+    return stream
+
+
+def run(settings: Settings) -> None:
+    build(settings).run()

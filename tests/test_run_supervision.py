@@ -1,0 +1,159 @@
+"""`omniquant run` reports a lost broker or a dead stage and exits non-zero instead of hanging."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from omniquant.config import load_settings
+from omniquant.kafka import end_offsets
+from omniquant.stack.kafka import LocalKafka
+from omniquant.supervisor import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+def _wait_for_line(
+    proc: subprocess.Popen[str], needle: str, timeout: float, seen: list[str]
+) -> None:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            seen.append(line)
+            if needle in line:
+                return
+        elif proc.poll() is not None:
+            break
+        else:
+            time.sleep(0.1)
+    raise AssertionError(f"{needle!r} not seen; output:\n{''.join(seen)[-3000:]}")
+
+
+def _run_env(bootstrap: str, redis_url: str, state_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQUANT_")}
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        REDIS_URL=redis_url,
+        OMNIQUANT_STATE_DIR=str(state_dir),
+        OMNIQUANT_TOPIC_PREFIX="sup.",
+    )
+    return env
+
+
+def test_killing_the_broker_mid_run_makes_run_exit_non_zero(redis_url: str, tmp_path: Path) -> None:
+    # A broker of its own: this test kills it.
+    kafka = LocalKafka(
+        state_dir=tmp_path / "stack",
+        port=free_port(),
+        controller_port=free_port(),
+        heap="384m",
+        start_timeout_s=90,
+    )
+    kafka.start()
+    bootstrap = f"127.0.0.1:{kafka.port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "omniquant.cli",
+            "run",
+            "--duration",
+            "300",
+            "--rate",
+            "200",
+            "--no-live",
+        ],
+        env=_run_env(bootstrap, redis_url, tmp_path / "state"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        _wait_for_line(proc, "logs:", 120, seen)  # stages are being started
+        # A run in progress, not a start-up: wait until trades are flowing.
+        settings = load_settings(kafka={"bootstrap_servers": bootstrap}, topic_prefix="sup.")
+        deadline = time.monotonic() + 60
+        while sum(end_offsets(settings, "sup.market.trades").values()) < 200:
+            assert time.monotonic() < deadline, "no trades flowing"
+            time.sleep(0.2)
+        pid = int((tmp_path / "stack" / "kafka" / "kafka.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        code = proc.wait(timeout=120)
+        took = time.monotonic() - killed_at
+        output = "".join(seen) + (proc.stdout.read() if proc.stdout else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        kafka.stop()
+    assert code == 3, output[-3000:]
+    assert "Kafka broker" in output and "has not answered" in output
+    assert took < 90
+
+
+def test_a_stage_that_dies_is_reported_with_its_exit_code(
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
+    env = _run_env(kafka_bootstrap, redis_url, tmp_path / "state")
+    env["OMNIQUANT_TOPIC_PREFIX"] = f"die{os.getpid()}."
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "omniquant.cli",
+            "run",
+            "--duration",
+            "300",
+            "--rate",
+            "50",
+            "--no-live",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen: list[str] = []
+    try:
+        _wait_for_line(proc, "risk-gate", 120, seen)
+        _wait_for_line(proc, "logs:", 60, seen)
+        # Find the risk-gate child and kill it as an OOM killer would.
+        deadline = time.monotonic() + 60
+        victim = None
+        while victim is None and time.monotonic() < deadline:
+            out = subprocess.run(
+                ["pgrep", "-f", "omniquant.cli stage risk-gate"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout.split()
+            mine = [int(p) for p in out if _is_child_of(int(p), proc.pid)]
+            victim = mine[0] if mine else None
+            time.sleep(0.2)
+        assert victim is not None, "risk-gate stage not found"
+        os.kill(victim, signal.SIGKILL)
+        code = proc.wait(timeout=60)
+        output = "".join(seen) + (proc.stdout.read() if proc.stdout else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 1, output[-3000:]
+    assert "stage 'risk-gate' exited with code -9" in output
+
+
+def _is_child_of(pid: int, parent: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return int(stat.rsplit(")", 1)[1].split()[1]) == parent
