@@ -7,6 +7,7 @@ import io
 import json
 import sys
 import time
+import warnings
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -410,7 +411,7 @@ class OutputFormat(StrEnum):
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return str(value)
+        return format(value, "f")
     if isinstance(value, datetime):
         return value.isoformat()
     return value
@@ -467,6 +468,8 @@ def config_show() -> None:
 
 
 def main() -> None:
+    # confluent-kafka's schema-registry client imports authlib, which warns on import.
+    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
     app()
 
 

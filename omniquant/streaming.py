@@ -30,8 +30,8 @@ from quixstreams.models.serializers.exceptions import SerializationError
 from quixstreams.models.topics import Topic
 
 from omniquant.config import Settings
-from omniquant.errors import SerdeError
-from omniquant.kafka import PARTITIONER, producer_config
+from omniquant.errors import SerdeError, TopicError
+from omniquant.kafka import PARTITIONER, admin_client, producer_config
 from omniquant.logs import CORRELATION_HEADER
 from omniquant.metrics import DEAD_LETTERS, MESSAGES_IN, MESSAGES_OUT
 from omniquant.topics import TopicNames, spec
@@ -209,6 +209,7 @@ class StreamApp:
         self.names = TopicNames(settings.topic_prefix)
         self.serde = AvroSerde.from_settings(settings)
         self.dead_letters = DeadLetters(settings, name)
+        self._used_topics: set[str] = {self.dead_letters.topic}
         connection = ConnectionConfig.from_librdkafka_dict(
             dict(settings.kafka_client_config()), ignore_extras=True
         )
@@ -217,7 +218,9 @@ class StreamApp:
             consumer_group=f"{settings.topic_prefix}{name}",
             auto_offset_reset="earliest",
             commit_interval=commit_interval,
-            auto_create_topics=False,
+            # Only Quix's own changelog topics are created here: the catalog topics are
+            # checked to exist first (require_topics) so they keep their explicit configs.
+            auto_create_topics=True,
             state_dir=str(settings.state_dir / "quix" / f"{settings.topic_prefix}{name}"),
             on_consumer_error=self.dead_letters.on_consumer_error,
             on_processing_error=self.dead_letters.on_processing_error,
@@ -236,6 +239,7 @@ class StreamApp:
         if item.value_schema is None:
             raise ValueError(f"{logical_name} carries raw bytes, not records")
         model = MODEL_BY_AVRO_NAME[item.value_schema]
+        self._used_topics.add(self.names.name(logical_name))
         return self.app.topic(
             self.names.name(logical_name),
             key_serializer="str",
@@ -244,7 +248,17 @@ class StreamApp:
             value_deserializer=AvroRecordDeserializer(self.serde, model, self.name),
         )
 
+    def require_topics(self) -> None:
+        """Fail with a clear message when a catalog topic this app uses is missing."""
+        existing = admin_client(self.settings).list_topics(timeout=30).topics
+        missing = sorted(name for name in self._used_topics if name not in existing)
+        if missing:
+            raise TopicError(
+                f"topics missing: {', '.join(missing)}; create them with `omniquant topics create`"
+            )
+
     def run(self) -> None:
+        self.require_topics()
         try:
             self.app.run()
         finally:

@@ -14,10 +14,11 @@ Range: |value| < 9.22e9 units per field, ample for prices, quantities and per-or
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
+from typing import Final
 
-SCALE = 9
-FACTOR = 10**SCALE
-INT64_MAX = 2**63 - 1
+SCALE: Final[int] = 9
+FACTOR: Final[int] = 10**SCALE
+INT64_MAX: Final[int] = 2**63 - 1
 _QUANT = Decimal(1).scaleb(-SCALE)
 
 

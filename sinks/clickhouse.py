@@ -135,7 +135,8 @@ class TableSpec:
         return cls(table, model, columns)
 
     def order_by(self) -> str:
-        names = {c.name for c in self.columns}
+        # Nullable columns cannot be in a MergeTree sorting key.
+        names = {c.name for c in self.columns if "Nullable" not in c.ch_type}
         key = [n for n in ("symbol", "account", "scope", "ts_event") if n in names]
         return ", ".join([*key, "_partition", "_offset"])
 

@@ -35,9 +35,9 @@ def _env(kafka_bootstrap: str, redis_url: str, prefix: str, state_dir: Path) -> 
             "OMNIQUANT_STRATEGY__FAST_WINDOW": "3",
             "OMNIQUANT_STRATEGY__SLOW_WINDOW": "8",
             "OMNIQUANT_STRATEGY__ORDER_QUANTITY": "100",
-            # Reversals need 200 shares: ~$34k-$100k notional at these prices, so a limit
+            # Entries are 100 shares (AAPL ~$23k, MSFT ~$42k, SPY ~$56k), reversals 200: a limit
             # between first entries (100 shares) and reversals makes the gate reject some.
-            "OMNIQUANT_RISK__MAX_ORDER_NOTIONAL": "40000",
+            "OMNIQUANT_RISK__MAX_ORDER_NOTIONAL": "60000",
             "OMNIQUANT_RISK__MAX_POSITION_PER_SYMBOL": "1000",
         }
     )

@@ -1,0 +1,252 @@
+"""Pre-trade risk for one symbol: order request + exposure state → decision + new state.
+
+Pure: no I/O, no clock (``ts_init`` is passed in). A rejection is data — a
+:class:`~schemas.models.RiskDecision` listing every check with its value, limit and
+message — never an exception. All checks run even after one fails, so a decision always
+shows every input.
+
+Checks, in this order (values and limits are raw fixed-point):
+
+``quantity``
+    ``0 < quantity <= max_order_quantity``.
+``price``
+    A positive price to value the order: the order's ``reference_price``; for a LIMIT order
+    without one, its ``limit_price``. A MARKET order without a reference price is rejected.
+``notional``
+    ``|quantity × price| <= max_order_notional`` (``fixedpoint.mul``). Fails when there is
+    no usable price (the notional is unknown; value is None).
+``position``
+    projected = position + open (approved, unfilled) quantity + this order, all signed;
+    ``|projected| <= max_position_per_symbol``. An order that strictly reduces the
+    exposure without flipping its sign also passes (so a book over a lowered limit can
+    still be reduced).
+
+Approved orders add their signed quantity to the state's open quantity; fills move it to
+the position (:meth:`SymbolRiskState.apply_fill`); cancels, rejects and expiries free it
+(:meth:`SymbolRiskState.release`). Open quantity is a signed net per symbol, not per order:
+feed it only fills of orders this gate approved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from omniquant.config import RiskLimits
+from schemas.fixedpoint import INT64_MAX, from_fixed, mul, to_fixed
+from schemas.models import Decision, Fill, OrderRequest, OrderType, RiskCheck, RiskDecision, Side
+
+__all__ = ["PreTradeRisk", "RiskLimitsRaw", "SymbolRiskState"]
+
+APPROVED_REASON: Final = "approved"
+CHECK_QUANTITY: Final = "quantity"
+CHECK_PRICE: Final = "price"
+CHECK_NOTIONAL: Final = "notional"
+CHECK_POSITION: Final = "position"
+
+
+def _signed(side: Side, quantity: int) -> int:
+    return quantity if side == Side.BUY else -quantity
+
+
+def _clamp64(value: int) -> int:
+    """Keep a reported value inside the int64 range of the record fields."""
+    return max(-INT64_MAX, min(INT64_MAX, value))
+
+
+def _fmt(raw: int) -> str:
+    return f"{from_fixed(raw):f}"
+
+
+@dataclass(frozen=True, slots=True)
+class RiskLimitsRaw:
+    """:class:`omniquant.config.RiskLimits` in raw fixed-point ints (all positive)."""
+
+    max_order_notional: int
+    max_position_per_symbol: int
+    max_order_quantity: int
+
+    def __post_init__(self) -> None:
+        for name in ("max_order_notional", "max_position_per_symbol", "max_order_quantity"):
+            value = getattr(self, name)
+            if not 0 < value <= INT64_MAX:
+                raise ValueError(f"{name} must be a positive int64 raw value, got {value}")
+
+    @classmethod
+    def from_config(cls, limits: RiskLimits) -> RiskLimitsRaw:
+        return cls(
+            max_order_notional=to_fixed(limits.max_order_notional),
+            max_position_per_symbol=to_fixed(limits.max_position_per_symbol),
+            max_order_quantity=to_fixed(limits.max_order_quantity),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolRiskState:
+    """Exposure of one symbol as the risk gate sees it (raw, signed: long > 0)."""
+
+    position: int = 0  # filled
+    open_quantity: int = 0  # approved, not yet filled or released
+
+    @property
+    def projected(self) -> int:
+        """Position if every open approved order fills."""
+        return self.position + self.open_quantity
+
+    def apply_fill(self, fill: Fill) -> SymbolRiskState:
+        """A fill of an approved order: its quantity moves from open to position."""
+        signed = _signed(fill.side, fill.quantity)
+        return SymbolRiskState(
+            position=self.position + signed, open_quantity=self.open_quantity - signed
+        )
+
+    def release(self, side: Side, quantity: int) -> SymbolRiskState:
+        """An approved order's unfilled ``quantity`` will never fill (canceled, rejected,
+        expired): it leaves the open quantity."""
+        if quantity < 0:
+            raise ValueError(f"quantity must not be negative, got {quantity}")
+        return SymbolRiskState(
+            position=self.position, open_quantity=self.open_quantity - _signed(side, quantity)
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {"position": self.position, "open_quantity": self.open_quantity}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SymbolRiskState:
+        """Inverse of :meth:`to_dict`; missing keys default to 0."""
+        return cls(
+            position=int(data.get("position", 0)), open_quantity=int(data.get("open_quantity", 0))
+        )
+
+
+class PreTradeRisk:
+    """Stateless checker: the per-symbol state is passed in and returned updated."""
+
+    def __init__(self, limits: RiskLimitsRaw) -> None:
+        self.limits = limits
+
+    def check(
+        self, order: OrderRequest, state: SymbolRiskState, ts_init: int
+    ) -> tuple[RiskDecision, SymbolRiskState]:
+        """Decide on ``order``; the returned state includes it only when approved."""
+        price = self._price(order)
+        checks = [
+            self._check_quantity(order.quantity),
+            self._check_price(order, price),
+            self._check_notional(order.quantity, price),
+            self._check_position(order, state),
+        ]
+        failed = [c.message for c in checks if not c.passed]
+        approved = not failed
+        decision = RiskDecision(
+            decision_id=f"risk-{order.client_order_id}",
+            client_order_id=order.client_order_id,
+            account=order.account,
+            symbol=order.symbol,
+            side=order.side,
+            quantity=order.quantity,
+            decision=Decision.APPROVED if approved else Decision.REJECTED,
+            reason=APPROVED_REASON if approved else "; ".join(failed),
+            checks=checks,
+            ts_event=order.ts_event,
+            ts_init=ts_init,
+        )
+        if not approved:
+            return decision, state
+        updated = SymbolRiskState(
+            position=state.position,
+            open_quantity=state.open_quantity + _signed(order.side, order.quantity),
+        )
+        return decision, updated
+
+    @staticmethod
+    def _price(order: OrderRequest) -> int | None:
+        if order.reference_price is not None:
+            return order.reference_price
+        if order.order_type == OrderType.LIMIT:
+            return order.limit_price
+        return None
+
+    def _check_quantity(self, quantity: int) -> RiskCheck:
+        limit = self.limits.max_order_quantity
+        if quantity <= 0:
+            passed, message = False, f"order quantity {_fmt(quantity)} is not positive"
+        elif quantity > limit:
+            passed = False
+            message = f"order quantity {_fmt(quantity)} exceeds max_order_quantity {_fmt(limit)}"
+        else:
+            passed = True
+            message = f"order quantity {_fmt(quantity)} within max_order_quantity {_fmt(limit)}"
+        return RiskCheck(
+            name=CHECK_QUANTITY, passed=passed, value=quantity, limit=limit, message=message
+        )
+
+    @staticmethod
+    def _check_price(order: OrderRequest, price: int | None) -> RiskCheck:
+        if price is None:
+            if order.order_type == OrderType.MARKET:
+                message = "market order has no reference price; its notional cannot be checked"
+            else:
+                message = "limit order has neither a reference price nor a limit price"
+            return RiskCheck(name=CHECK_PRICE, passed=False, value=None, message=message)
+        if price <= 0:
+            return RiskCheck(
+                name=CHECK_PRICE,
+                passed=False,
+                value=price,
+                message=f"price {_fmt(price)} is not positive",
+            )
+        return RiskCheck(name=CHECK_PRICE, passed=True, value=price, message=f"price {_fmt(price)}")
+
+    def _check_notional(self, quantity: int, price: int | None) -> RiskCheck:
+        limit = self.limits.max_order_notional
+        if price is None or price <= 0:
+            return RiskCheck(
+                name=CHECK_NOTIONAL,
+                passed=False,
+                value=None,
+                limit=limit,
+                message="order notional unknown without a positive price",
+            )
+        notional = abs(mul(quantity, price))
+        passed = notional <= limit
+        relation = "within" if passed else "exceeds"
+        return RiskCheck(
+            name=CHECK_NOTIONAL,
+            passed=passed,
+            value=_clamp64(notional),
+            limit=limit,
+            message=f"order notional {_fmt(notional)} {relation} max_order_notional {_fmt(limit)}",
+        )
+
+    def _check_position(self, order: OrderRequest, state: SymbolRiskState) -> RiskCheck:
+        limit = self.limits.max_position_per_symbol
+        current = state.projected
+        projected = current + _signed(order.side, order.quantity)
+        within = abs(projected) <= limit
+        reducing = abs(projected) < abs(current) and projected * current >= 0
+        passed = within or reducing
+        if within:
+            message = (
+                f"projected position {_fmt(projected)} within "
+                f"±max_position_per_symbol {_fmt(limit)}"
+            )
+        elif reducing:
+            message = (
+                f"projected position {_fmt(projected)} beyond ±max_position_per_symbol "
+                f"{_fmt(limit)} but reduces exposure from {_fmt(current)}"
+            )
+        else:
+            message = (
+                f"projected position {_fmt(projected)} exceeds "
+                f"±max_position_per_symbol {_fmt(limit)}"
+            )
+        return RiskCheck(
+            name=CHECK_POSITION,
+            passed=passed,
+            value=_clamp64(projected),
+            limit=limit,
+            message=message,
+        )

@@ -1,0 +1,121 @@
+"""Typed configuration: bad values fail at start naming the variable; secrets stay hidden."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import pytest
+
+from omniquant.config import load_settings, mask_url
+from omniquant.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("OMNIQUANT_") or name in {
+            "KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CLICKHOUSE_URL", "SCHEMA_REGISTRY_URL",
+            "MASSIVE_API_KEY", "POLYGON_API_KEY", "APCA_API_KEY_ID", "APCA_API_SECRET_KEY",
+        }:
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_defaults_use_the_local_stack() -> None:
+    s = load_settings()
+    assert s.uses_local_kafka and s.uses_local_redis
+    assert s.kafka_bootstrap() == "127.0.0.1:19092"
+    assert s.redis_url() == "redis://127.0.0.1:16379/0"
+    assert s.topic_prefix == "omniquant."
+    assert s.risk.max_order_notional == Decimal("250000")
+
+
+def test_invalid_partitions_names_the_environment_variable(monkeypatch) -> None:
+    monkeypatch.setenv("OMNIQUANT_KAFKA__PARTITIONS", "0")
+    with pytest.raises(ConfigError, match="OMNIQUANT_KAFKA__PARTITIONS"):
+        load_settings()
+
+
+def test_non_numeric_risk_limit_names_the_environment_variable(monkeypatch) -> None:
+    monkeypatch.setenv("OMNIQUANT_RISK__MAX_ORDER_NOTIONAL", "lots")
+    with pytest.raises(ConfigError, match="OMNIQUANT_RISK__MAX_ORDER_NOTIONAL"):
+        load_settings()
+
+
+def test_bad_bootstrap_servers_is_rejected(monkeypatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "localhost")
+    with pytest.raises(ConfigError, match="bootstrap_servers"):
+        load_settings()
+
+
+def test_sasl_without_credentials_is_rejected(monkeypatch) -> None:
+    monkeypatch.setenv("OMNIQUANT_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("OMNIQUANT_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
+    with pytest.raises(ConfigError, match="sasl_username and sasl_password"):
+        load_settings()
+
+
+def test_fast_window_must_be_below_slow_window(monkeypatch) -> None:
+    monkeypatch.setenv("OMNIQUANT_STRATEGY__FAST_WINDOW", "30")
+    with pytest.raises(ConfigError, match="OMNIQUANT_STRATEGY"):
+        load_settings()
+
+
+def test_bad_topic_prefix_is_rejected(monkeypatch) -> None:
+    monkeypatch.setenv("OMNIQUANT_TOPIC_PREFIX", "has space.")
+    with pytest.raises(ConfigError, match="topic_prefix"):
+        load_settings()
+
+
+def test_well_known_variables_are_honoured(monkeypatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    monkeypatch.setenv("REDIS_URL", "redis://:pw@r:6379/1")
+    monkeypatch.setenv("APCA_API_KEY_ID", "AKID")
+    s = load_settings()
+    assert s.kafka_bootstrap() == "k1:9092,k2:9092" and not s.uses_local_kafka
+    assert s.redis_url() == "redis://:pw@r:6379/1"
+    assert s.feeds.alpaca_api_key_id is not None
+    assert s.feeds.alpaca_api_key_id.get_secret_value() == "AKID"
+
+
+def test_prefixed_variable_wins_over_well_known_one(monkeypatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "generic:1")
+    monkeypatch.setenv("OMNIQUANT_KAFKA__BOOTSTRAP_SERVERS", "specific:2")
+    assert load_settings().kafka_bootstrap() == "specific:2"
+
+
+def test_env_file_is_read(tmp_path, monkeypatch) -> None:
+    (tmp_path / ".env").write_text("OMNIQUANT_TOPIC_PREFIX=bt-7.\n")
+    assert load_settings().topic_prefix == "bt-7."
+
+
+def test_secrets_never_appear_in_repr_logs_or_errors(monkeypatch, caplog) -> None:
+    monkeypatch.setenv("OMNIQUANT_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("OMNIQUANT_KAFKA__SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("OMNIQUANT_KAFKA__SASL_USERNAME", "svc")
+    monkeypatch.setenv("OMNIQUANT_KAFKA__SASL_PASSWORD", "hunter2-secret")
+    monkeypatch.setenv("REDIS_URL", "redis://:redis-secret@r:6379/0")
+    monkeypatch.setenv("MASSIVE_API_KEY", "massive-secret")
+    s = load_settings()
+    text = repr(s) + str(s) + s.model_dump_json()
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("t").info("settings %s", s)
+    text += caplog.text
+    for secret in ("hunter2-secret", "redis-secret", "massive-secret"):
+        assert secret not in text
+    # ... but the client gets the real value
+    assert s.kafka_client_config()["sasl.password"] == "hunter2-secret"
+    # an invalid value next to secrets: the error names the setting, not the secret
+    monkeypatch.setenv("OMNIQUANT_KAFKA__PARTITIONS", "-1")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert "hunter2-secret" not in str(exc.value)
+
+
+def test_mask_url_hides_password_only() -> None:
+    assert mask_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+    assert mask_url("http://user:pw@ch:8123") == "http://user:***@ch:8123"
+    assert mask_url("redis://host:6379") == "redis://host:6379"

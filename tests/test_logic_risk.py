@@ -1,0 +1,276 @@
+"""PreTradeRisk: every check reported, decisions are data, exposure state updated on approval."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from omniquant.config import RiskLimits
+from schemas.fixedpoint import mul, to_fixed
+from schemas.models import Decision, Fill, OrderRequest, OrderType, Side
+from streams.logic.risk import PreTradeRisk, RiskLimitsRaw, SymbolRiskState
+
+TS = 1_700_000_000_000_000_000
+
+
+def px(value: str | int) -> int:
+    return to_fixed(str(value))
+
+
+LIMITS = RiskLimitsRaw(
+    max_order_notional=px(250_000), max_position_per_symbol=px(5000), max_order_quantity=px(1000)
+)
+RISK = PreTradeRisk(LIMITS)
+
+
+def order(
+    side: Side = Side.BUY,
+    quantity: str | int = 100,
+    reference_price: str | None = "100",
+    *,
+    order_type: OrderType = OrderType.MARKET,
+    limit_price: str | None = None,
+    client_order_id: str = "sma-x-AAPL-abc",
+) -> OrderRequest:
+    return OrderRequest(
+        client_order_id=client_order_id,
+        strategy_id="sma-x",
+        symbol="AAPL",
+        side=side,
+        order_type=order_type,
+        quantity=px(quantity),
+        limit_price=px(limit_price) if limit_price is not None else None,
+        reference_price=px(reference_price) if reference_price is not None else None,
+        ts_event=TS,
+        ts_init=TS + 1,
+    )
+
+
+def test_limits_from_config_are_raw_fixed_point() -> None:
+    limits = RiskLimits(
+        max_order_notional=Decimal("250000"),
+        max_position_per_symbol=Decimal("5000.5"),
+        max_order_quantity=Decimal("100000"),
+    )
+    assert RiskLimitsRaw.from_config(limits) == RiskLimitsRaw(
+        max_order_notional=250_000 * 10**9,
+        max_position_per_symbol=5_000_500_000_000,
+        max_order_quantity=100_000 * 10**9,
+    )
+
+
+def test_non_positive_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_order_quantity"):
+        RiskLimitsRaw(max_order_notional=1, max_position_per_symbol=1, max_order_quantity=0)
+
+
+def test_order_within_all_limits_is_approved_and_opens_its_quantity() -> None:
+    decision, state = RISK.check(order(Side.BUY, 100, "187.25"), SymbolRiskState(), ts_init=TS + 5)
+    assert decision.decision == Decision.APPROVED
+    assert decision.reason == "approved"
+    assert [c.name for c in decision.checks] == ["quantity", "price", "notional", "position"]
+    assert all(c.passed for c in decision.checks)
+    checks = {c.name: c for c in decision.checks}
+    assert checks["notional"].value == px("18725")
+    assert checks["notional"].limit == px(250_000)
+    assert checks["position"].value == px(100)
+    assert state == SymbolRiskState(position=0, open_quantity=px(100))
+    assert (decision.ts_event, decision.ts_init) == (TS, TS + 5)
+    assert (decision.side, decision.quantity, decision.symbol, decision.account) == (
+        Side.BUY,
+        px(100),
+        "AAPL",
+        "paper",
+    )
+
+
+def test_order_over_notional_limit_is_rejected() -> None:
+    decision, state = RISK.check(order(Side.BUY, 1000, "250.01"), SymbolRiskState(), ts_init=TS)
+    assert decision.decision == Decision.REJECTED
+    notional = {c.name: c for c in decision.checks}["notional"]
+    assert not notional.passed
+    assert notional.value == px("250010")
+    assert decision.reason == notional.message
+    assert "exceeds max_order_notional 250000" in decision.reason
+    assert state == SymbolRiskState()
+
+
+def test_order_at_exactly_the_notional_limit_is_approved() -> None:
+    decision, _ = RISK.check(order(Side.SELL, 1000, "250"), SymbolRiskState(), ts_init=TS)
+    assert decision.decision == Decision.APPROVED
+
+
+def test_order_over_max_quantity_is_rejected() -> None:
+    decision, _ = RISK.check(order(Side.BUY, 1001, "1"), SymbolRiskState(), ts_init=TS)
+    assert decision.decision == Decision.REJECTED
+    assert decision.reason == "order quantity 1001 exceeds max_order_quantity 1000"
+
+
+def test_market_order_without_reference_price_is_rejected_with_clear_reason() -> None:
+    decision, state = RISK.check(order(reference_price=None), SymbolRiskState(), ts_init=TS)
+    assert decision.decision == Decision.REJECTED
+    checks = {c.name: c for c in decision.checks}
+    assert not checks["price"].passed and checks["price"].value is None
+    assert not checks["notional"].passed and checks["notional"].value is None
+    assert checks["quantity"].passed and checks["position"].passed
+    assert decision.reason.startswith("market order has no reference price")
+    assert state == SymbolRiskState()
+
+
+def test_limit_order_without_reference_price_is_valued_at_its_limit_price() -> None:
+    limit_order = order(
+        Side.BUY, 1000, None, order_type=OrderType.LIMIT, limit_price="300"
+    )  # 300k notional
+    decision, _ = RISK.check(limit_order, SymbolRiskState(), ts_init=TS)
+    checks = {c.name: c for c in decision.checks}
+    assert checks["price"].passed and checks["price"].value == px(300)
+    assert not checks["notional"].passed and checks["notional"].value == px(300_000)
+
+
+def test_order_with_non_positive_reference_price_is_rejected() -> None:
+    decision, _ = RISK.check(order(reference_price="0"), SymbolRiskState(), ts_init=TS)
+    assert decision.decision == Decision.REJECTED
+    assert "price 0 is not positive" in decision.reason
+
+
+def test_projected_position_counts_position_and_open_quantity() -> None:
+    state = SymbolRiskState(position=px(4000), open_quantity=px(900))
+    decision, after = RISK.check(order(Side.BUY, 101, "10"), state, ts_init=TS)
+    assert decision.decision == Decision.REJECTED
+    position = {c.name: c for c in decision.checks}["position"]
+    assert position.value == px(5001) and position.limit == px(5000)
+    assert decision.reason == "projected position 5001 exceeds ±max_position_per_symbol 5000"
+    assert after == state
+    decision, after = RISK.check(order(Side.BUY, 100, "10"), state, ts_init=TS)
+    assert decision.decision == Decision.APPROVED
+    assert after == SymbolRiskState(position=px(4000), open_quantity=px(1000))
+
+
+def test_short_projected_position_over_limit_is_rejected() -> None:
+    state = SymbolRiskState(position=-px(4500))
+    decision, _ = RISK.check(order(Side.SELL, 600, "10"), state, ts_init=TS)
+    assert decision.decision == Decision.REJECTED
+    assert {c.name: c for c in decision.checks}["position"].value == -px(5100)
+
+
+def test_order_reducing_exposure_over_a_lowered_limit_is_approved() -> None:
+    state = SymbolRiskState(position=px(6000))
+    decision, after = RISK.check(order(Side.SELL, 500, "10"), state, ts_init=TS)
+    assert decision.decision == Decision.APPROVED
+    assert "reduces exposure" in {c.name: c for c in decision.checks}["position"].message
+    assert after.projected == px(5500)
+
+
+def test_order_flipping_past_the_limit_is_rejected() -> None:
+    small = PreTradeRisk(
+        RiskLimitsRaw(
+            max_order_notional=px(10**6),
+            max_position_per_symbol=px(100),
+            max_order_quantity=px(10**6),
+        )
+    )
+    state = SymbolRiskState(position=px(120))  # over the limit of 100
+    decision, _ = small.check(order(Side.SELL, 250, "1"), state, ts_init=TS)
+    assert decision.decision == Decision.REJECTED  # 120 → -130: smaller, but flipped past -100
+
+
+def test_all_failed_checks_are_reported_and_joined_in_the_reason() -> None:
+    state = SymbolRiskState(position=px(5000))
+    decision, _ = RISK.check(order(Side.BUY, 2000, "500"), state, ts_init=TS)
+    assert decision.decision == Decision.REJECTED
+    failed = [c for c in decision.checks if not c.passed]
+    assert [c.name for c in failed] == ["quantity", "notional", "position"]
+    assert decision.reason == "; ".join(c.message for c in failed)
+    assert all(c.value is not None for c in decision.checks)
+
+
+def test_decision_id_is_deterministic_from_client_order_id() -> None:
+    a, _ = RISK.check(order(client_order_id="x-1"), SymbolRiskState(), ts_init=1)
+    b, _ = RISK.check(order(client_order_id="x-1"), SymbolRiskState(position=px(7)), ts_init=2)
+    c, _ = RISK.check(order(client_order_id="x-2"), SymbolRiskState(), ts_init=1)
+    assert a.decision_id == b.decision_id != c.decision_id
+    assert a.client_order_id == "x-1"
+
+
+def test_fill_moves_quantity_from_open_to_position() -> None:
+    _, state = RISK.check(order(Side.SELL, 300, "10"), SymbolRiskState(), ts_init=TS)
+    fill = Fill(
+        fill_id="f1",
+        client_order_id="sma-x-AAPL-abc",
+        account="paper",
+        symbol="AAPL",
+        side=Side.SELL,
+        quantity=px(100),
+        price=px(10),
+        venue="PAPER",
+        ts_event=TS,
+        ts_init=TS,
+    )
+    state = state.apply_fill(fill)
+    assert state == SymbolRiskState(position=-px(100), open_quantity=-px(200))
+    assert state.projected == -px(300)
+
+
+def test_release_frees_open_quantity_of_an_order_that_will_not_fill() -> None:
+    state = SymbolRiskState(position=px(10), open_quantity=px(300))
+    assert state.release(Side.BUY, px(300)) == SymbolRiskState(position=px(10))
+    with pytest.raises(ValueError):
+        state.release(Side.BUY, -1)
+
+
+def test_state_round_trips_through_json() -> None:
+    state = SymbolRiskState(position=-px("12.5"), open_quantity=px(300))
+    assert SymbolRiskState.from_dict(orjson.loads(orjson.dumps(state.to_dict()))) == state
+    assert SymbolRiskState.from_dict({}) == SymbolRiskState()
+
+
+@given(
+    side=st.sampled_from(Side),
+    quantity=st.integers(min_value=1, max_value=px(3000)),
+    price=st.none() | st.integers(min_value=-px(1), max_value=px(1000)),
+    position=st.integers(min_value=-px(8000), max_value=px(8000)),
+    open_quantity=st.integers(min_value=-px(3000), max_value=px(3000)),
+)
+def test_decision_is_approved_iff_every_check_passes_and_state_follows(
+    side: Side, quantity: int, price: int | None, position: int, open_quantity: int
+) -> None:
+    request = OrderRequest(
+        client_order_id="c",
+        strategy_id="s",
+        symbol="AAPL",
+        side=side,
+        quantity=quantity,
+        reference_price=price,
+        ts_event=TS,
+        ts_init=TS,
+    )
+    state = SymbolRiskState(position=position, open_quantity=open_quantity)
+    decision, after = RISK.check(request, state, ts_init=TS)
+    signed = quantity if side == Side.BUY else -quantity
+    projected = position + open_quantity + signed
+    expected_ok = (
+        quantity <= LIMITS.max_order_quantity
+        and price is not None
+        and price > 0
+        and abs(mul(quantity, price)) <= LIMITS.max_order_notional
+        and (
+            abs(projected) <= LIMITS.max_position_per_symbol
+            or (
+                abs(projected) < abs(position + open_quantity)
+                and projected * (position + open_quantity) >= 0
+            )
+        )
+    )
+    assert len(decision.checks) == 4
+    assert (decision.decision == Decision.APPROVED) == expected_ok
+    assert (decision.decision == Decision.APPROVED) == all(c.passed for c in decision.checks)
+    if expected_ok:
+        assert decision.reason == "approved"
+        assert after == SymbolRiskState(position=position, open_quantity=open_quantity + signed)
+    else:
+        assert decision.reason == "; ".join(c.message for c in decision.checks if not c.passed)
+        assert after == state

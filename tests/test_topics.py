@@ -1,0 +1,52 @@
+"""The topic catalog: every topic the platform needs, with explicit keeping rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from omniquant.topics import CONSUMING_APPS, TopicNames, catalog, spec
+
+REQUIRED = {
+    "market.trades", "market.quotes", "market.bars", "signals", "orders.requests",
+    "risk.decisions", "orders.approved", "execution.reports", "fills", "positions",
+    "risk.metrics", "alerts", "control",
+}
+
+
+def test_catalog_has_every_required_topic_and_a_dead_letter_topic_per_consuming_app() -> None:
+    names = {t.logical_name for t in catalog()}
+    assert REQUIRED <= names
+    assert {f"dlq.{app}" for app in CONSUMING_APPS} <= names
+    assert len(names) == len(catalog()), "duplicate topic names"
+
+
+def test_positions_and_control_are_compacted_the_rest_are_not() -> None:
+    compacted = {t.logical_name for t in catalog() if t.compacted}
+    assert compacted == {"positions", "control"}
+    assert spec("control").broker_config()["cleanup.policy"] == "compact"
+    assert "retention.ms" not in spec("positions").broker_config()
+    assert spec("market.trades").broker_config()["cleanup.policy"] == "delete"
+    assert int(spec("market.trades").broker_config()["retention.ms"]) > 0
+
+
+def test_record_topics_name_a_value_schema_and_dead_letters_carry_raw_bytes() -> None:
+    for item in catalog():
+        if item.logical_name.startswith("dlq."):
+            assert item.value_schema is None
+        else:
+            assert item.value_schema and item.value_schema.startswith("io.omniquant.")
+
+
+def test_prefix_gives_a_separate_namespace() -> None:
+    live, backtest = TopicNames("omniquant."), TopicNames("bt-42.")
+    assert live.trades == "omniquant.market.trades"
+    assert backtest.trades == "bt-42.market.trades"
+    assert backtest.dead_letter("risk-gate") == "bt-42.dlq.risk-gate"
+    assert {n for n, _ in live.all()}.isdisjoint({n for n, _ in backtest.all()})
+
+
+def test_unknown_topic_or_app_fails_fast() -> None:
+    with pytest.raises(KeyError):
+        TopicNames("x.").name("market.tradez")
+    with pytest.raises(KeyError):
+        TopicNames("x.").dead_letter("nobody")
