@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -37,7 +38,8 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(stage_app, name="stage")
 app.add_typer(config_app, name="config")
 
-console = Console()
+# Off a terminal (CI, logs) rich would wrap at 80 columns; tables need more.
+console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 
 DEFAULT_SYMBOLS = "AAPL,MSFT,NVDA,SPY"
@@ -363,14 +365,20 @@ def _print_summary(settings: Settings, supervisor: Any, elapsed: float) -> None:
     console.print(
         f"\n[bold]run finished cleanly[/bold] after {elapsed:.1f} s ({supervisor.outcome})"
     )
+    stages = Table(title="stages (figures from each stage's metrics at stop)")
+    for col in ("stage", "consumed", "produced", "peak in/s", "peak out/s", "detail"):
+        stages.add_column(col, justify="left" if col in ("stage", "detail") else "right")
     for stage in supervisor.stages:
         c = stage.counters
-        total_in = c.get("omniquant_messages_in_total", 0.0)
-        total_out = c.get("omniquant_messages_out_total", 0.0)
-        console.print(
-            f"  {stage.name:<16} in {total_in:>9,.0f} (peak {stage.peak_in:>7,.0f}/s)  "
-            f"out {total_out:>9,.0f} (peak {stage.peak_out:>7,.0f}/s)  {_stage_detail(stage)}"
+        stages.add_row(
+            stage.name,
+            f"{c.get('omniquant_messages_in_total', 0):,.0f}",
+            f"{c.get('omniquant_messages_out_total', 0):,.0f}",
+            f"{stage.peak_in:,.0f}",
+            f"{stage.peak_out:,.0f}",
+            _stage_detail(stage),
         )
+    console.print(stages)
     db = settings.clickhouse.database
     try:
         client = connect_clickhouse(settings)
@@ -467,9 +475,16 @@ def config_show() -> None:
     console.print_json(json.dumps(doc, default=str))
 
 
-def main() -> None:
-    # confluent-kafka's schema-registry client imports authlib, which warns on import.
+def quiet_third_party_warnings() -> None:
+    """confluent-kafka's schema-registry client imports authlib, which warns on import (and
+    forces its warnings to "always" when its deprecate module loads, so load it first)."""
+    with contextlib.suppress(ImportError):
+        import authlib.deprecate  # noqa: F401
     warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+
+
+def main() -> None:
+    quiet_third_party_warnings()
     app()
 
 

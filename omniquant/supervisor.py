@@ -26,7 +26,7 @@ from typing import TextIO
 from prometheus_client.parser import text_string_to_metric_families
 
 from omniquant.config import Settings
-from omniquant.kafka import LagProbe, broker_answers
+from omniquant.kafka import LagProbe, broker_answers, end_offsets
 from omniquant.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -263,11 +263,20 @@ class Supervisor:
             signal.signal(signal.SIGTERM, previous_term)
             self._lag.close()
 
+    def _trades_end(self) -> int:
+        try:
+            return sum(
+                end_offsets(self.settings, TopicNames(self.settings.topic_prefix).trades).values()
+            )
+        except Exception:  # informative only
+            return 0
+
     def _on_interrupt(self, _signum: int, _frame: object) -> None:
         self._interrupted = True
 
     def _run(self) -> int:
         self.started_at = time.monotonic()
+        self._trades_at_start = self._trades_end()
         # Consumers first so they are assigned before the feed's first record.
         for stage in reversed(self.stages):
             self._spawn(stage)
@@ -323,6 +332,9 @@ class Supervisor:
         for stage in self.stages:
             if stage.is_source:
                 code = self._stop(stage)
+                # Exact: what the feed added to the trades topic during this run.
+                produced = self._trades_end() - self._trades_at_start
+                stage.counters = {**stage.counters, "omniquant_messages_out_total": produced}
                 if code not in (0, -signal.SIGTERM, None):
                     self._print(f"ERROR: {stage.name} exited with code {code} on stop")
                     self._kill_all()
@@ -351,6 +363,8 @@ class Supervisor:
                 time.sleep(0.25)
             else:
                 self._print(f"WARNING: {stage.name} still lagging at the drain timeout")
+            # Nothing left to process: this scrape holds the stage's final figures.
+            stage.counters = scrape(stage.metrics_port) or stage.counters
             early = stage.exit_code
             code = self._stop(stage)
             if early is not None or code not in (0, None):
