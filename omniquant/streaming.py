@@ -57,7 +57,6 @@ class AvroRecordDeserializer(Deserializer):
     """Kafka bytes → dict of the topic's record type (validated)."""
 
     def __init__(self, serde: AvroSerde, model: type[Record], app: str) -> None:
-        super().__init__()
         self._serde = serde
         self._model = model
         self._app = app
@@ -75,7 +74,6 @@ class AvroRecordSerializer(Serializer):
     """dict or Record → Avro bytes of the topic's record type."""
 
     def __init__(self, serde: AvroSerde, model: type[Record], app: str) -> None:
-        super().__init__()
         self._serde = serde
         self._model = model
         self._app = app

@@ -81,6 +81,7 @@ def _json(value: Any) -> Any:
 
 
 def _column(name: str, annotation: Any, metadata: Sequence[Any]) -> Column:
+    metadata = list(metadata)
     nullable = False
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -89,8 +90,8 @@ def _column(name: str, annotation: Any, metadata: Sequence[Any]) -> Column:
         annotation = args[0]
         origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
-        args = typing.get_args(annotation)
-        annotation, metadata = args[0], [*metadata, *args[1:]]
+        annotated = typing.get_args(annotation)
+        annotation, metadata = annotated[0], [*metadata, *annotated[1:]]
         origin = typing.get_origin(annotation)
     convert: typing.Callable[[Any], Any] = _identity
     if any(isinstance(m, FixedPointField) for m in metadata):

@@ -38,50 +38,54 @@ class PaperExecution:
         # Process-wide PnL for the metrics gauge: (account, symbol) → (realized, unrealized).
         self._pnl: dict[tuple[str, str], tuple[int, int]] = {}
 
-    def on_order(self, joined: dict[str, Any], state: State) -> dict[str, Any]:
+    def on_order(self, joined: dict[str, Any], state: State[str, Any]) -> dict[str, Any]:
         order = OrderRequest.model_validate(joined["order"])
         trade = joined["trade"]
         ts_init = now_ns()
         venue_order_id = f"{VENUE}-{order.client_order_id}"
-        common = {
-            "client_order_id": order.client_order_id,
-            "venue_order_id": venue_order_id,
-            "account": order.account,
-            "symbol": order.symbol,
-            "side": order.side,
-            "quantity": order.quantity,
-            "venue": VENUE,
-            "ts_event": order.ts_event,
-            "ts_init": ts_init,
-        }
+
+        def report(
+            suffix: str, exec_type: ExecType, status: OrderStatus, **fields: Any
+        ) -> ExecutionReport:
+            return ExecutionReport.model_validate(
+                {
+                    "report_id": f"{venue_order_id}-{suffix}",
+                    "client_order_id": order.client_order_id,
+                    "venue_order_id": venue_order_id,
+                    "account": order.account,
+                    "symbol": order.symbol,
+                    "side": order.side,
+                    "quantity": order.quantity,
+                    "venue": VENUE,
+                    "exec_type": exec_type,
+                    "order_status": status,
+                    "ts_event": order.ts_event,
+                    "ts_init": ts_init,
+                    **fields,
+                }
+            )
+
         if trade is None:
-            rejected = ExecutionReport(
-                report_id=f"{venue_order_id}-R",
-                exec_type=ExecType.REJECTED,
-                order_status=OrderStatus.REJECTED,
+            rejected = report(
+                "R",
+                ExecType.REJECTED,
+                OrderStatus.REJECTED,
                 reason=f"no trade price for {order.symbol} at or before the order time",
-                **common,
             )
             return {"reports": [rejected.model_dump()], "fill": None, "position": None}
         price = int(trade["price"])
         fill_ts = max(order.ts_event, int(trade["ts_event"]))
-        accepted = ExecutionReport(
-            report_id=f"{venue_order_id}-N",
-            exec_type=ExecType.NEW,
-            order_status=OrderStatus.NEW,
-            leaves_quantity=order.quantity,
-            **common,
-        )
-        filled = ExecutionReport(
-            report_id=f"{venue_order_id}-F1",
-            exec_type=ExecType.FILL,
-            order_status=OrderStatus.FILLED,
+        accepted = report("N", ExecType.NEW, OrderStatus.NEW, leaves_quantity=order.quantity)
+        filled = report(
+            "F1",
+            ExecType.FILL,
+            OrderStatus.FILLED,
             last_quantity=order.quantity,
             last_price=price,
             cum_quantity=order.quantity,
             leaves_quantity=0,
             avg_price=price,
-            **{**common, "ts_event": fill_ts},
+            ts_event=fill_ts,
         )
         fill = Fill(
             fill_id=f"{venue_order_id}-F1",

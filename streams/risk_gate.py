@@ -25,7 +25,7 @@ class RiskGateProcessor:
     def __init__(self, settings: Settings) -> None:
         self.risk = PreTradeRisk(RiskLimitsRaw.from_config(settings.risk))
 
-    def on_order(self, request: dict[str, Any], state: State) -> dict[str, Any]:
+    def on_order(self, request: dict[str, Any], state: State[str, Any]) -> dict[str, Any]:
         order = OrderRequest.model_validate(request)
         stored = state.get("risk")
         current = SymbolRiskState.from_dict(stored) if stored is not None else SymbolRiskState()

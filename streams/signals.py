@@ -31,7 +31,7 @@ class SignalsProcessor:
         self.strategy = settings.strategy
         self.quantity = to_fixed(settings.strategy.order_quantity)
 
-    def on_trade(self, trade: dict[str, Any], state: State) -> dict[str, Any] | None:
+    def on_trade(self, trade: dict[str, Any], state: State[str, Any]) -> dict[str, Any] | None:
         snapshot = state.get("sma")
         sma = (
             SmaCrossover.restore(snapshot)
