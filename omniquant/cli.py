@@ -383,7 +383,7 @@ def _print_summary(settings: Settings, supervisor: Any, elapsed: float) -> None:
     try:
         client = connect_clickhouse(settings)
         try:
-            table = Table(title=f"ClickHouse database `{db}`")
+            table = Table(title=f"ClickHouse database `{db}` (all runs on this state dir)")
             table.add_column("table")
             table.add_column("rows", justify="right")
             for name in TABLE_BY_TOPIC.values():
