@@ -27,7 +27,7 @@ from quixstreams.models.serializers import (
     Serializer,
 )
 from quixstreams.models.serializers.exceptions import SerializationError
-from quixstreams.models.topics import Topic
+from quixstreams.models.topics import Topic, TopicAdmin, TopicManager
 
 from omniquant.config import Settings
 from omniquant.errors import SerdeError, TopicError
@@ -198,6 +198,22 @@ class DeadLetters:
         self._producer.flush(30)
 
 
+class _VisibleTopicManager(TopicManager):
+    """Waits until a topic Quix just created (its state changelogs) shows in metadata.
+
+    Quix reads a new topic back once, right after creating it; with KRaft the metadata can
+    lag the creation by a moment, and that read then fails the app's start.
+    """
+
+    def _create_topic(self, topic: Topic, timeout: float, create_timeout: float) -> None:
+        super()._create_topic(topic, timeout=timeout, create_timeout=create_timeout)
+        deadline = time.monotonic() + create_timeout
+        while self._admin.inspect_topics([topic.name], timeout=timeout).get(topic.name) is None:
+            if time.monotonic() > deadline:
+                raise TopicError(f"topic {topic.name} was created but never became visible")
+            time.sleep(0.1)
+
+
 class StreamApp:
     """An Application plus what our apps need around it (topics, serde, dead letters)."""
 
@@ -211,8 +227,17 @@ class StreamApp:
         connection = ConnectionConfig.from_librdkafka_dict(
             dict(settings.kafka_client_config()), ignore_extras=True
         )
+        producer_extra = {"partitioner": PARTITIONER, "linger.ms": 5}
+        topic_manager = _VisibleTopicManager(
+            topic_admin=TopicAdmin(broker_address=connection, extra_config=producer_extra),
+            consumer_group=self.consumer_group,
+            timeout=30,
+            create_timeout=60,
+            auto_create_topics=True,
+        )
         self.app = Application(
             broker_address=connection,
+            topic_manager=topic_manager,
             consumer_group=f"{settings.topic_prefix}{name}",
             auto_offset_reset="earliest",
             commit_interval=commit_interval,
@@ -222,7 +247,7 @@ class StreamApp:
             state_dir=str(settings.state_dir / "quix" / f"{settings.topic_prefix}{name}"),
             on_consumer_error=self.dead_letters.on_consumer_error,
             on_processing_error=self.dead_letters.on_processing_error,
-            producer_extra_config={"partitioner": PARTITIONER, "linger.ms": 5},
+            producer_extra_config=producer_extra,
             loglevel=None,
             broker_availability_timeout=30.0,
         )

@@ -29,6 +29,7 @@ from streams.logic.positions import PositionLedger
 
 APP_NAME = "execution"
 VENUE = "PAPER"
+JOIN_GRACE_MS = 5 * 60 * 1000
 
 
 class PaperExecution:
@@ -129,8 +130,12 @@ def build(settings: Settings) -> StreamApp:
     stream = StreamApp(settings, APP_NAME)
     execution = PaperExecution()
     orders = stream.app.dataframe(stream.topic("orders.approved"))
-    trades = stream.app.dataframe(stream.topic("market.trades"))
-    joined = orders.join_asof(trades, how="left", on_merge=_join, grace_ms=24 * 3600 * 1000)
+    # The join keeps right-side records in state: keep only what pricing needs, and only
+    # for a few minutes of event time (orders carry the time of the trade that caused them).
+    trades = stream.app.dataframe(stream.topic("market.trades")).apply(
+        lambda t: {"price": t["price"], "ts_event": t["ts_event"]}
+    )
+    joined = orders.join_asof(trades, how="left", on_merge=_join, grace_ms=JOIN_GRACE_MS)
     outputs = joined.apply(execution.on_order, stateful=True)
 
     reports = outputs.apply(lambda out: out["reports"], expand=True)
