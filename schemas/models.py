@@ -157,13 +157,13 @@ class Bar(Record):
     AVRO_NAME: ClassVar[str] = "io.omniquant.market.Bar"
     symbol: str = Field(min_length=1, max_length=64)
     venue: str
-    interval_ms: int = Field(gt=0)
+    interval_ms: int = Field(gt=0, le=2**63 - 1)  # Avro long
     open: FixedPoint
     high: FixedPoint
     low: FixedPoint
     close: FixedPoint
     volume: FixedPoint
-    trade_count: int = Field(ge=0)
+    trade_count: int = Field(ge=0, le=2**63 - 1)  # Avro long
     vwap: FixedPoint | None = None
     source: str
     ts_event: TimestampNs  # bar start (inclusive)
