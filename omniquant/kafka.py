@@ -157,19 +157,38 @@ def describe_topics(settings: Settings, timeout: float = 10.0) -> list[TopicStat
 
 
 def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[int, int]:
-    """High watermark per partition of ``topic``."""
+    """High watermark per partition of ``topic``.
+
+    Retries while partition leadership settles (a topic created a moment ago answers
+    NOT_LEADER_FOR_PARTITION / LEADER_NOT_AVAILABLE for a short while).
+    """
     consumer = Consumer(consumer_config(settings, "omniquant-offsets-probe"))
+    deadline = time.monotonic() + timeout
     try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise TopicError(f"topic {topic} does not exist")
-        result = {}
-        for partition in meta.partitions:
-            _, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout
-            )
-            result[partition] = high
-        return result
+        while True:
+            try:
+                meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+                if meta is None or meta.error is not None:
+                    raise TopicError(f"topic {topic} does not exist")
+                result = {}
+                for partition in meta.partitions:
+                    _, high = consumer.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=timeout
+                    )
+                    result[partition] = high
+                return result
+            except KafkaException as exc:
+                err = exc.args[0]
+                retriable = isinstance(err, KafkaError) and err.retriable()
+                if not retriable and not (
+                    isinstance(err, KafkaError)
+                    and err.code()
+                    in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+                ):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
     finally:
         consumer.close()
 

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Producer
-from quixstreams import Application
+from quixstreams import Application, message_context
+from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models import Row
 from quixstreams.models.serializers import (
@@ -53,8 +54,23 @@ DLQ_HEADERS = (
 )
 
 
+class Undecodable:
+    """What the deserializer yields for bytes that are not a valid record of the topic.
+
+    Raising instead would make Quix skip the message without storing its offset, so a dead
+    letter at the end of a partition would hold the group's lag above zero forever. As a
+    value it flows into the dataframe, whose first step sends it to the dead-letter topic.
+    """
+
+    __slots__ = ("error", "raw")
+
+    def __init__(self, raw: bytes, error: Exception) -> None:
+        self.raw = raw
+        self.error = error
+
+
 class AvroRecordDeserializer(Deserializer):
-    """Kafka bytes → dict of the topic's record type (validated)."""
+    """Kafka bytes → dict of the topic's record type (validated), or :class:`Undecodable`."""
 
     def __init__(self, serde: AvroSerde, model: type[Record], app: str) -> None:
         self._serde = serde
@@ -65,7 +81,7 @@ class AvroRecordDeserializer(Deserializer):
         try:
             record = self._serde.decode_as(value, self._model, topic=ctx.topic)
         except SerdeError as exc:
-            raise SerializationError(str(exc)) from exc
+            return Undecodable(value, exc)
         MESSAGES_IN.labels(self._app, ctx.topic).inc()
         return record.model_dump()
 
@@ -154,6 +170,26 @@ class DeadLetters:
             },
         )
 
+    def keep_decodable(self, value: Any, key: Any, timestamp: int, headers: Any) -> bool:
+        """Dataframe filter: send :class:`Undecodable` values to the dead-letter topic."""
+        if not isinstance(value, Undecodable):
+            return True
+        ctx = message_context()
+        self.publish(
+            stage="deserialize",
+            error=value.error,
+            topic=ctx.topic,
+            partition=ctx.partition,
+            offset=ctx.offset,
+            timestamp_ms=timestamp,
+            key=key if isinstance(key, bytes | str) else None,
+            value=value.raw,
+            headers=[
+                (k, v if isinstance(v, bytes) else _header_bytes(v)) for k, v in headers or []
+            ],
+        )
+        return False
+
     def on_consumer_error(self, exc: Exception, message: Any, logger: logging.Logger) -> bool:
         """Quix callback: a message could not be deserialized (or polling failed)."""
         if message is None or not isinstance(exc, SerializationError):
@@ -176,7 +212,10 @@ class DeadLetters:
         """Quix callback: our code raised on a decoded record. The value goes out as JSON."""
         if row is None:
             return False
-        value = json.dumps(row.value, default=str).encode("utf-8")
+        if isinstance(row.value, Undecodable):
+            value = row.value.raw
+        else:
+            value = json.dumps(row.value, default=str).encode("utf-8")
         key = row.key if isinstance(row.key, bytes | str) else None
         headers = [
             (k, v if isinstance(v, bytes) else _header_bytes(v)) for k, v in (row.headers or [])
@@ -270,6 +309,11 @@ class StreamApp:
             value_serializer=AvroRecordSerializer(self.serde, model, self.name),
             value_deserializer=AvroRecordDeserializer(self.serde, model, self.name),
         )
+
+    def dataframe(self, logical_name: str) -> StreamingDataFrame:
+        """A dataframe over a catalog topic whose undecodable records go to dead letters."""
+        sdf = self.app.dataframe(self.topic(logical_name))
+        return sdf.filter(self.dead_letters.keep_decodable, metadata=True)
 
     def require_topics(self) -> None:
         """Fail with a clear message when a catalog topic this app uses is missing."""

@@ -17,7 +17,7 @@ def build(settings: Settings) -> StreamApp:
     database = settings.clickhouse.database
     create_tables(client, database)
     for logical, table in table_specs().items():
-        sdf = stream.app.dataframe(stream.topic(logical))
+        sdf = stream.dataframe(logical)
         sdf.sink(ClickHouseSink(client, database, table))
     return stream
 

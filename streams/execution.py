@@ -129,10 +129,10 @@ def _join(order: dict[str, Any], trade: dict[str, Any] | None) -> dict[str, Any]
 def build(settings: Settings) -> StreamApp:
     stream = StreamApp(settings, APP_NAME)
     execution = PaperExecution()
-    orders = stream.app.dataframe(stream.topic("orders.approved"))
+    orders = stream.dataframe("orders.approved")
     # The join keeps right-side records in state: keep only what pricing needs, and only
     # for a few minutes of event time (orders carry the time of the trade that caused them).
-    trades = stream.app.dataframe(stream.topic("market.trades")).apply(
+    trades = stream.dataframe("market.trades").apply(
         lambda t: {"price": t["price"], "ts_event": t["ts_event"]}
     )
     joined = orders.join_asof(trades, how="left", on_merge=_join, grace_ms=JOIN_GRACE_MS)

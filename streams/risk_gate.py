@@ -39,7 +39,7 @@ class RiskGateProcessor:
 def build(settings: Settings) -> StreamApp:
     stream = StreamApp(settings, APP_NAME)
     processor = RiskGateProcessor(settings)
-    requests = stream.app.dataframe(stream.topic("orders.requests"))
+    requests = stream.dataframe("orders.requests")
     outputs = requests.apply(processor.on_order, stateful=True)
 
     decisions = outputs.apply(lambda out: out["decision"])

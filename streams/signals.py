@@ -78,7 +78,7 @@ class SignalsProcessor:
 def build(settings: Settings) -> StreamApp:
     stream = StreamApp(settings, APP_NAME)
     processor = SignalsProcessor(settings)
-    trades = stream.app.dataframe(stream.topic("market.trades"))
+    trades = stream.dataframe("market.trades")
     outputs = trades.apply(processor.on_trade, stateful=True).filter(lambda out: out is not None)
 
     signals = outputs.apply(lambda out: out["signal"])
