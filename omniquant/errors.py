@@ -8,6 +8,7 @@ OmniquantError
 ├── SerdeError             bytes could not be encoded/decoded with our schemas
 │   └── UnknownSchemaError
 ├── TopicError             topic catalog / creation problems
+├── ClickHouseError        a ClickHouse (chDB or server) statement failed or could not connect
 ├── DeliveryError          the broker did not acknowledge a produced record
 └── SupervisorError        a pipeline stage died or a dependency went away
 """
@@ -45,6 +46,10 @@ class UnknownSchemaError(SerdeError):
 
 class TopicError(OmniquantError):
     """A topic could not be created or does not match the catalog."""
+
+
+class ClickHouseError(OmniquantError):
+    """A ClickHouse statement failed, or chDB / the server could not be opened or reached."""
 
 
 class DeliveryError(OmniquantError):
