@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from omniquant.config import load_settings
-from omniquant.kafka import end_offsets
+from omniquant.kafka import LagProbe, end_offsets
 from omniquant.stack.kafka import LocalKafka
 from omniquant.supervisor import free_port
 
@@ -80,12 +80,21 @@ def test_killing_the_broker_mid_run_makes_run_exit_non_zero(redis_url: str, tmp_
     seen: list[str] = []
     try:
         _wait_for_line(proc, "logs:", 120, seen)  # stages are being started
-        # A run in progress, not a start-up: wait until trades are flowing.
+        # A run in progress, not a start-up: wait until the signals app has committed
+        # processed trades (its lag is below what the feed has written).
         settings = load_settings(kafka={"bootstrap_servers": bootstrap}, topic_prefix="sup.")
-        deadline = time.monotonic() + 60
-        while sum(end_offsets(settings, "sup.market.trades").values()) < 200:
-            assert time.monotonic() < deadline, "no trades flowing"
-            time.sleep(0.2)
+        probe = LagProbe(settings)
+        deadline = time.monotonic() + 90
+        try:
+            while True:
+                written = sum(end_offsets(settings, "sup.market.trades").values())
+                lag = probe.lag("sup.signals", ["sup.market.trades"])
+                if written > 100 and lag < written:
+                    break
+                assert time.monotonic() < deadline, "the pipeline never started processing"
+                time.sleep(0.2)
+        finally:
+            probe.close()
         pid = int((tmp_path / "stack" / "kafka" / "kafka.pid").read_text())
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
