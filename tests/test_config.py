@@ -17,8 +17,14 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
 
     for name in list(os.environ):
         if name.startswith("OMNIQUANT_") or name in {
-            "KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CLICKHOUSE_URL", "SCHEMA_REGISTRY_URL",
-            "MASSIVE_API_KEY", "POLYGON_API_KEY", "APCA_API_KEY_ID", "APCA_API_SECRET_KEY",
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "REDIS_URL",
+            "CLICKHOUSE_URL",
+            "SCHEMA_REGISTRY_URL",
+            "MASSIVE_API_KEY",
+            "POLYGON_API_KEY",
+            "APCA_API_KEY_ID",
+            "APCA_API_SECRET_KEY",
         }:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no stray .env

@@ -30,9 +30,17 @@ def test_fixed_point_fields_become_decimal64_9_and_timestamps_int64() -> None:
 def test_row_conversion_is_exact() -> None:
     spec = table_specs()["fills"]
     fill = Fill(
-        fill_id="f", client_order_id="c", account="a", symbol="S", side=Side.BUY,
-        quantity=1, price=123_456_789_012, liquidity_side=LiquiditySide.TAKER, venue="V",
-        ts_event=1, ts_init=2,
+        fill_id="f",
+        client_order_id="c",
+        account="a",
+        symbol="S",
+        side=Side.BUY,
+        quantity=1,
+        price=123_456_789_012,
+        liquidity_side=LiquiditySide.TAKER,
+        venue="V",
+        ts_event=1,
+        ts_init=2,
     )
     row = dict(zip(spec.column_names, spec.row(fill.model_dump(), "t", 0, 5, 9), strict=True))
     assert row["price"] == Decimal("123.456789012")
@@ -51,21 +59,27 @@ def test_tables_are_created_in_chdb_and_hold_exact_values(chdb_dir) -> None:
         assert create_tables(client, "omniquant") == tables  # idempotent
         spec = table_specs()["risk.decisions"]
         decision = RiskDecision(
-            decision_id="d", client_order_id="c", account="a", symbol="S", side=Side.SELL,
-            quantity=5_000_000_000, decision="REJECTED", reason="too big",
+            decision_id="d",
+            client_order_id="c",
+            account="a",
+            symbol="S",
+            side=Side.SELL,
+            quantity=5_000_000_000,
+            decision="REJECTED",
+            reason="too big",
             checks=[RiskCheck(name="notional", passed=False, value=7, limit=5, message="m")],
-            ts_event=1_700_000_000_123_456_789, ts_init=1_700_000_000_123_456_790,
+            ts_event=1_700_000_000_123_456_789,
+            ts_init=1_700_000_000_123_456_790,
         )
         client.insert(
-            "omniquant.risk_decisions", spec.column_names,
+            "omniquant.risk_decisions",
+            spec.column_names,
             [spec.row(decision.model_dump(), "t", 1, 2, 3)],
         )
         result = client.query(
             "SELECT quantity, toString(event_time), JSONExtractString(checks, 1, 'name') "
             "FROM omniquant.risk_decisions"
         )
-        assert result.rows == [
-            (Decimal("5"), "2023-11-14 22:13:20.123456789", "notional")
-        ]
+        assert result.rows == [(Decimal("5"), "2023-11-14 22:13:20.123456789", "notional")]
     finally:
         client.close()
