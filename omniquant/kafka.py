@@ -8,8 +8,9 @@ and the execution app joins orders with trades per partition.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -156,39 +157,58 @@ def describe_topics(settings: Settings, timeout: float = 10.0) -> list[TopicStat
     ]
 
 
-def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[int, int]:
-    """High watermark per partition of ``topic``.
+_TRANSIENT = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._TIMED_OUT,
+    }
+)
 
-    Retries while partition leadership settles (a topic created a moment ago answers
-    NOT_LEADER_FOR_PARTITION / LEADER_NOT_AVAILABLE for a short while).
+T = TypeVar("T")
+
+
+def retry_transient(fn: Callable[[], T], timeout: float) -> T:
+    """Call ``fn`` until it stops failing with a transient broker error or ``timeout`` ends.
+
+    Right after a topic or group appears, leadership and coordinators settle for a moment;
+    those answers mean "ask again", not "failed".
     """
-    consumer = Consumer(consumer_config(settings, "omniquant-offsets-probe"))
     deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except KafkaException as exc:
+            err = exc.args[0]
+            transient = isinstance(err, KafkaError) and (
+                err.retriable() or err.code() in _TRANSIENT
+            )
+            if not transient or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def end_offsets(settings: Settings, topic: str, timeout: float = 10.0) -> dict[int, int]:
+    """High watermark per partition of ``topic``."""
+    consumer = Consumer(consumer_config(settings, "omniquant-offsets-probe"))
+
+    def query() -> dict[int, int]:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None:
+            raise TopicError(f"topic {topic} does not exist")
+        return {
+            partition: consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout
+            )[1]
+            for partition in meta.partitions
+        }
+
     try:
-        while True:
-            try:
-                meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-                if meta is None or meta.error is not None:
-                    raise TopicError(f"topic {topic} does not exist")
-                result = {}
-                for partition in meta.partitions:
-                    _, high = consumer.get_watermark_offsets(
-                        TopicPartition(topic, partition), timeout=timeout
-                    )
-                    result[partition] = high
-                return result
-            except KafkaException as exc:
-                err = exc.args[0]
-                retriable = isinstance(err, KafkaError) and err.retriable()
-                if not retriable and not (
-                    isinstance(err, KafkaError)
-                    and err.code()
-                    in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
-                ):
-                    raise
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        return retry_transient(query, timeout)
     finally:
         consumer.close()
 
@@ -212,20 +232,25 @@ class LagProbe:
 
     def lag(self, group: str, topics: Iterable[str], timeout: float = 2.0) -> int:
         consumer = self._consumer(group)
-        partitions: list[TopicPartition] = []
-        for topic in topics:
-            meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-            if meta is None:
-                continue
-            partitions.extend(TopicPartition(topic, p) for p in meta.partitions)
-        total = 0
-        for tp in consumer.committed(partitions, timeout=timeout):
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(tp.topic, tp.partition), timeout=timeout, cached=False
-            )
-            committed = tp.offset if tp.offset >= 0 else low
-            total += max(0, high - committed)
-        return total
+        topic_list = list(topics)
+
+        def query() -> int:
+            partitions: list[TopicPartition] = []
+            for topic in topic_list:
+                meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+                if meta is None:
+                    continue
+                partitions.extend(TopicPartition(topic, p) for p in meta.partitions)
+            total = 0
+            for tp in consumer.committed(partitions, timeout=timeout):
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=timeout, cached=False
+                )
+                committed = tp.offset if tp.offset >= 0 else low
+                total += max(0, high - committed)
+            return total
+
+        return retry_transient(query, timeout * 3)
 
     def close(self) -> None:
         for consumer in self._consumers.values():
