@@ -6,7 +6,7 @@ floats only because Prometheus has no other type; ledgers stay exact ints.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 MESSAGES_IN = Counter(
     "omniquant_messages_in_total", "Records consumed and processed", ["app", "topic"]
@@ -31,3 +31,28 @@ def serve_metrics(port: int) -> None:
     """Start the /metrics HTTP endpoint in a daemon thread (port 0: do nothing)."""
     if port:
         start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from other containers
+
+
+# ---- market data feeds (producers/) ----------------------------------------------------
+MARKET_DATA_MESSAGES = Counter(
+    "market_data_messages_total", "Normalized records produced by feeds", ["source", "type"]
+)
+MARKET_DATA_LAG = Histogram(
+    "market_data_lag_seconds",
+    "Ingest time minus event time of feed records",
+    ["source"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60, 300),
+)
+MARKET_DATA_ERRORS = Counter(
+    "market_data_errors_total",
+    "Feed errors (malformed frames, disconnects ...)",
+    ["source", "reason"],
+)
+MARKET_DATA_STALE = Gauge(
+    "market_data_stale",
+    "1 while a subscribed feed has sent nothing for the staleness limit",
+    ["source"],
+)
+MARKET_DATA_RECONNECTS = Counter(
+    "market_data_reconnects_total", "Reconnect attempts after a dropped feed", ["source"]
+)

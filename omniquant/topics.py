@@ -43,8 +43,15 @@ class TopicSpec:
 
 _NS = "io.omniquant"
 
-# Apps that consume topics; each gets its own dead-letter topic.
-CONSUMING_APPS: tuple[str, ...] = ("signals", "risk-gate", "execution", "sink-clickhouse")
+# Each app that takes input gets its own dead-letter topic; "feeds" is shared by the
+# vendor feeds and the replay producer (their input is vendor frames and files).
+DEAD_LETTER_APPS: tuple[str, ...] = (
+    "feeds",
+    "signals",
+    "risk-gate",
+    "execution",
+    "sink-clickhouse",
+)
 
 _CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec("market.trades", "symbol", f"{_NS}.market.Trade", "Trade prints from every feed."),
@@ -101,7 +108,7 @@ _CATALOG: tuple[TopicSpec, ...] = (
             f"Records the {app} app could not process: original bytes, error in headers.",
             retention_ms=30 * DAY_MS,
         )
-        for app in CONSUMING_APPS
+        for app in DEAD_LETTER_APPS
     ),
 )
 
@@ -128,7 +135,7 @@ class TopicNames:
         return f"{self.prefix}{logical_name}"
 
     def dead_letter(self, app: str) -> str:
-        if app not in CONSUMING_APPS:
+        if app not in DEAD_LETTER_APPS:
             raise KeyError(f"no dead-letter topic for app {app!r}")
         return f"{self.prefix}dlq.{app}"
 

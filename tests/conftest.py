@@ -150,3 +150,26 @@ def settings(
         state_dir=tmp_path / "state",
         clickhouse={"chdb_path": chdb_dir},
     )
+
+
+# ---- shared third-party data (../shared/data; never copied into the repo) --------------
+SHARED_DATA_ENV = "OMNIQUANT_SHARED_DATA"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the shared market-data and vendor-payload folder.
+
+    ``$OMNIQUANT_SHARED_DATA`` if set, else ``../shared/data`` next to the repository.
+    Tests ask for files through :func:`shared_file`, which skips naming the missing path.
+    """
+    env = os.environ.get(SHARED_DATA_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_file(root: Path, relative: str) -> Path:
+    """``root/relative``, or skip the test saying which path was looked for."""
+    path = root / relative
+    if not path.exists():
+        pytest.skip(f"shared data file not found: {path} (set {SHARED_DATA_ENV})")
+    return path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from omniquant.topics import CONSUMING_APPS, TopicNames, catalog, spec
+from omniquant.topics import DEAD_LETTER_APPS, TopicNames, catalog, spec
 
 REQUIRED = {
     "market.trades",
@@ -26,7 +26,7 @@ REQUIRED = {
 def test_catalog_has_every_required_topic_and_a_dead_letter_topic_per_consuming_app() -> None:
     names = {t.logical_name for t in catalog()}
     assert names >= REQUIRED
-    assert {f"dlq.{app}" for app in CONSUMING_APPS} <= names
+    assert {f"dlq.{app}" for app in DEAD_LETTER_APPS} <= names
     assert len(names) == len(catalog()), "duplicate topic names"
 
 
