@@ -12,6 +12,7 @@ import warnings
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -408,6 +409,57 @@ def _print_summary(settings: Settings, supervisor: Any, elapsed: float) -> None:
         f'  omniquant sql "SELECT decision, reason, count() FROM {db}.risk_decisions '
         'GROUP BY ALL" --format csv'
     )
+
+
+# ---- produce ------------------------------------------------------------------------
+class Venue(StrEnum):
+    polygon = "polygon"
+    alpaca = "alpaca"
+    alpaca_trading = "alpaca-trading"
+    kite = "kite"
+
+
+@app.command()
+def produce(
+    venue: Annotated[Venue, typer.Argument(help="which vendor feed")],
+    symbols: Annotated[str, typer.Option(help="comma-separated symbols (Kite: NSE:INFY,...)")],
+    staleness: Annotated[
+        float, typer.Option(min=1, help="seconds without data before a staleness alert")
+    ] = 30.0,
+    instruments: Annotated[
+        Path | None, typer.Option(help="Kite instrument dump CSV (default: download it)")
+    ] = None,
+) -> None:
+    """Run a vendor feed into Kafka (credentials from the environment)."""
+    import asyncio
+    import signal as signals
+
+    from omniquant.logs import configure_logging
+    from omniquant.metrics import serve_metrics
+    from producers.runner import FeedRunner, RunnerConfig
+    from producers.venues import create_feed
+
+    settings = _settings()
+    symbol_list = [s.strip() for s in symbols.split(",") if s.strip()]
+    if not symbol_list:
+        raise typer.BadParameter("give at least one symbol")
+
+    async def main() -> None:
+        feed = await create_feed(venue.value, settings, instruments_csv=instruments)
+        configure_logging(f"feed-{venue.value}", settings.log_level)
+        serve_metrics(settings.metrics_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signals.SIGINT, signals.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        runner = FeedRunner(feed, settings, symbol_list, config=RunnerConfig(staleness_s=staleness))
+        stats = await runner.run(stop)
+        console.print(f"{venue.value}: produced {stats.produced}, malformed {stats.malformed}")
+
+    try:
+        asyncio.run(main())
+    except OmniquantError as exc:
+        raise _fail(exc, 2 if isinstance(exc, ConfigError) else 1) from None
 
 
 # ---- sql ----------------------------------------------------------------------------
