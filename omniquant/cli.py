@@ -164,7 +164,12 @@ def topics_list() -> None:
         table.add_column(col)
     for name, item in TopicNames(settings.topic_prefix).all():
         state = states[name]
-        policy = "compact" if item.compacted else f"delete {item.retention_ms // 86_400_000}d"
+        if item.compacted:
+            policy = "compact"
+        elif item.retention_ms is None:
+            policy = f"delete by size ({settings.kafka.retention_bytes:,} B/partition)"
+        else:
+            policy = f"delete after {item.retention_ms // 86_400_000} d"
         table.add_row(
             name,
             item.key,

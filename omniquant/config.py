@@ -86,6 +86,12 @@ class KafkaSettings(_Section):
     )
     partitions: int = Field(default=3, ge=1, le=1000, description="partitions per topic")
     replication_factor: int = Field(default=1, ge=1, le=7)
+    retention_bytes: int = Field(
+        default=1 << 30,
+        ge=-1,
+        description="per-partition size bound of record topics (-1: unbounded); they are "
+        "not kept by time because their timestamps are event times",
+    )
     client_id: str = "omniquant"
 
     @model_validator(mode="after")

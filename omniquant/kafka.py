@@ -115,7 +115,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             name,
             num_partitions=partitions,
             replication_factor=settings.kafka.replication_factor,
-            config=item.broker_config(),
+            config=item.broker_config(settings.kafka.retention_bytes),
         )
         for name, item, partitions in wanted
     ]

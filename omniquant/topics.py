@@ -23,11 +23,13 @@ class TopicSpec:
     doc: str
     partitions: int | None = None  # None: the cluster-wide default from settings
     compacted: bool = False
-    retention_ms: int = 7 * DAY_MS
+    # None: kept by size only. Records carry their EVENT time as the Kafka timestamp
+    # (CreateTime), and time-based retention would delete a replay of 2013 ticks at once.
+    retention_ms: int | None = None
     extra_config: tuple[tuple[str, str], ...] = field(default=())
 
-    def broker_config(self) -> dict[str, str]:
-        """Topic-level configs passed to CreateTopics."""
+    def broker_config(self, retention_bytes: int = 1 << 30) -> dict[str, str]:
+        """Topic-level configs passed to CreateTopics (``retention_bytes`` per partition)."""
         conf = {
             "cleanup.policy": "compact" if self.compacted else "delete",
             "message.timestamp.type": "CreateTime",  # producers stamp event time
@@ -36,7 +38,8 @@ class TopicSpec:
             conf["min.cleanable.dirty.ratio"] = "0.1"
             conf["segment.ms"] = str(60 * 60 * 1000)
         else:
-            conf["retention.ms"] = str(self.retention_ms)
+            conf["retention.ms"] = str(self.retention_ms if self.retention_ms is not None else -1)
+            conf["retention.bytes"] = str(retention_bytes)
         conf.update(dict(self.extra_config))
         return conf
 
@@ -106,6 +109,7 @@ _CATALOG: tuple[TopicSpec, ...] = (
             "original key",
             None,
             f"Records the {app} app could not process: original bytes, error in headers.",
+            # dead letters are stamped when they are written: time retention is right here
             retention_ms=30 * DAY_MS,
         )
         for app in DEAD_LETTER_APPS

@@ -36,7 +36,10 @@ def test_positions_and_control_are_compacted_the_rest_are_not() -> None:
     assert spec("control").broker_config()["cleanup.policy"] == "compact"
     assert "retention.ms" not in spec("positions").broker_config()
     assert spec("market.trades").broker_config()["cleanup.policy"] == "delete"
-    assert int(spec("market.trades").broker_config()["retention.ms"]) > 0
+    # event-time stamped records (replays of old data) are kept by size, not by time
+    trades = spec("market.trades").broker_config(retention_bytes=123)
+    assert trades["retention.ms"] == "-1" and trades["retention.bytes"] == "123"
+    assert int(spec("dlq.signals").broker_config()["retention.ms"]) > 0
 
 
 def test_record_topics_name_a_value_schema_and_dead_letters_carry_raw_bytes() -> None:
@@ -60,3 +63,22 @@ def test_unknown_topic_or_app_fails_fast() -> None:
         TopicNames("x.").name("market.tradez")
     with pytest.raises(KeyError):
         TopicNames("x.").dead_letter("nobody")
+
+
+@pytest.mark.integration
+def test_created_topics_carry_the_catalog_configs(settings) -> None:
+    from confluent_kafka.admin import ConfigResource
+
+    from omniquant.kafka import admin_client, ensure_topics
+
+    created = ensure_topics(settings)
+    names = TopicNames(settings.topic_prefix)
+    assert names.trades in created and ensure_topics(settings) == []  # idempotent
+    admin = admin_client(settings)
+    resources = [ConfigResource("topic", names.trades), ConfigResource("topic", names.positions)]
+    configs = {r.name: f.result(30) for r, f in admin.describe_configs(resources).items()}
+    trades = configs[names.trades]
+    assert trades["retention.ms"].value == "-1"  # event-time stamps: never expire by time
+    assert trades["retention.bytes"].value == str(settings.kafka.retention_bytes)
+    assert trades["message.timestamp.type"].value == "CreateTime"
+    assert configs[names.positions]["cleanup.policy"].value == "compact"
