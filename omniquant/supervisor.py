@@ -281,6 +281,7 @@ class Supervisor:
         for stage in reversed(self.stages):
             self._spawn(stage)
         broker_ok_at = time.monotonic()
+        broker_failing = False  # the last periodic check got no answer
         next_broker_check = 0.0
         while True:
             now = time.monotonic()
@@ -297,11 +298,22 @@ class Supervisor:
                     f"ERROR: stage '{stage.name}' exited with code {code}; log: {stage.log_path}"
                 )
                 self._print_log_tail(stage)
+                # A stage that dies because Kafka went away: name the root cause. The
+                # watchdog's history counts too: one probe at this instant can be fooled.
+                broker_lost = broker_failing or not broker_answers(self.settings, timeout=2.0)
                 self._kill_all()
+                if broker_lost:
+                    self.outcome = "Kafka broker lost"
+                    self._print(
+                        f"ERROR: Kafka broker at {self.settings.kafka_bootstrap()} has not "
+                        "answered since before the stage died; stopping all stages"
+                    )
+                    return EXIT_BROKER_LOST
                 return EXIT_STAGE_FAILED
             if now >= next_broker_check:
                 next_broker_check = now + 2.0
-                if broker_answers(self.settings, timeout=1.5):
+                broker_failing = not broker_answers(self.settings, timeout=1.5)
+                if not broker_failing:
                     broker_ok_at = now
                 elif now - broker_ok_at > self.broker_lost_after:
                     self.outcome = "Kafka broker lost"
