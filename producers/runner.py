@@ -135,8 +135,9 @@ class FeedRunner:
             self.names.dead_letter("feeds"),
             event.raw,
             key=event.source,
-            timestamp_ms=event.received_ns // 1_000_000,
+            # Stamped now (dead-letter topics expire by time); the receive time is a header.
             headers=[
+                ("dlq.received_ns", str(event.received_ns)),
                 ("dlq.error.class", "Malformed"),
                 ("dlq.error.message", event.error[:4096]),
                 ("dlq.reason", event.reason),

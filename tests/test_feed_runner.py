@@ -153,6 +153,7 @@ def test_runner_routes_records_dead_letters_malformed_reconnects_and_alerts_on_s
     assert [m.value() for m in dead] == [b'{"ev":"T","p":']
     headers = {k: v.decode() for k, v in dead[0].headers()}
     assert headers["dlq.reason"] == "bad_json" and headers["dlq.source"] == "scripted"
+    assert headers["dlq.received_ns"] == str(T0)
 
     alerts = [
         serde.decode_as(m.value(), Alert) for m in _read_all(kafka_bootstrap, names.alerts, 1)
