@@ -11,7 +11,7 @@ import random
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
-from confluent_kafka import Consumer
+from kafka_read import read_topic
 
 from omniquant.kafka import ensure_topics
 from omniquant.topics import TopicNames
@@ -82,22 +82,6 @@ class ScriptedFeed(MarketDataFeed):
         self._symbols = frozenset()
 
 
-def _read_all(bootstrap: str, topic: str, expected: int) -> list:
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"r-{topic}", "auto.offset.reset": "earliest"}
-    )
-    consumer.subscribe([topic])
-    out: list = []
-    for _ in range(100):
-        msg = consumer.poll(0.3)
-        if msg is not None and msg.error() is None:
-            out.append(msg)
-        if len(out) >= expected and msg is None:
-            break
-    consumer.close()
-    return out
-
-
 def test_backoff_grows_exponentially_with_full_jitter_and_is_capped() -> None:
     config = RunnerConfig(backoff_initial_s=0.5, backoff_max_s=8)
     rng = random.Random(1)
@@ -140,22 +124,22 @@ def test_runner_routes_records_dead_letters_malformed_reconnects_and_alerts_on_s
     assert runner.stats.malformed == 1 and runner.stats.disconnects == 1
 
     serde = AvroSerde()
-    trades = _read_all(kafka_bootstrap, names.trades, 2)
+    trades = read_topic(kafka_bootstrap, names.trades, 2)
     assert [serde.decode_as(m.value(), Trade).price for m in trades] == [
         190_000_000_001,
         190_000_000_002,
     ]
     assert all(m.key() == b"AAPL" for m in trades)
     assert [m.timestamp()[1] for m in trades] == [(T0 + 1) // 1_000_000, (T0 + 2) // 1_000_000]
-    assert len(_read_all(kafka_bootstrap, names.quotes, 1)) == 1
+    assert len(read_topic(kafka_bootstrap, names.quotes, 1)) == 1
 
-    dead = _read_all(kafka_bootstrap, names.dead_letter("feeds"), 1)
+    dead = read_topic(kafka_bootstrap, names.dead_letter("feeds"), 1)
     assert [m.value() for m in dead] == [b'{"ev":"T","p":']
     headers = {k: v.decode() for k, v in dead[0].headers()}
     assert headers["dlq.reason"] == "bad_json" and headers["dlq.source"] == "scripted"
     assert headers["dlq.received_ns"] == str(T0)
 
     alerts = [
-        serde.decode_as(m.value(), Alert) for m in _read_all(kafka_bootstrap, names.alerts, 1)
+        serde.decode_as(m.value(), Alert) for m in read_topic(kafka_bootstrap, names.alerts, 1)
     ]
     assert len(alerts) == 1 and alerts[0].kind == "feed_stale"

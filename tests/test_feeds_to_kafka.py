@@ -10,7 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
+from kafka_read import read_topic
 from test_alpaca_adapter import TradingServer, docs_fill, loopback
 from test_alpaca_adapter import config as alpaca_config
 from test_kite_adapter import KiteServer, _feed, _frame, _mock, _packet, _serving, instruments
@@ -28,22 +28,6 @@ from schemas.serde import AvroSerde
 
 pytestmark = pytest.mark.integration
 __all__ = ["instruments", "mock_frames"]  # fixtures re-used from the adapters' tests
-
-
-def _consume(bootstrap: str, topic: str, expected: int) -> list:
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"t-{topic}", "auto.offset.reset": "earliest"}
-    )
-    consumer.subscribe([topic])
-    out: list = []
-    for _ in range(60):
-        msg = consumer.poll(0.5)
-        if msg is not None and msg.error() is None:
-            out.append(msg)
-        elif len(out) >= expected:
-            break
-    consumer.close()
-    return out
 
 
 def test_polygon_frames_reach_kafka_as_trades_and_garbage_reaches_dead_letters(
@@ -74,7 +58,7 @@ def test_polygon_frames_reach_kafka_as_trades_and_garbage_reaches_dead_letters(
     assert runner.stats.produced == {"trade": 3} and runner.stats.malformed == 1
 
     serde = AvroSerde()
-    messages = _consume(kafka_bootstrap, names.trades, 3)
+    messages = read_topic(kafka_bootstrap, names.trades, 3)
     trades = sorted((serde.decode_as(m.value(), Trade) for m in messages), key=lambda t: t.trade_id)
     assert [(t.symbol, t.trade_id, t.price) for t in trades] == [
         ("AAPL", "5096", 161_870_000_000),
@@ -87,7 +71,7 @@ def test_polygon_frames_reach_kafka_as_trades_and_garbage_reaches_dead_letters(
         assert msg.timestamp()[1] == trade.ts_event // 1_000_000  # Kafka time = event time
         assert dict(msg.headers())["source"] == b"polygon"
 
-    dead = _consume(kafka_bootstrap, names.dead_letter("feeds"), 1)
+    dead = read_topic(kafka_bootstrap, names.dead_letter("feeds"), 1)
     assert [m.value() for m in dead] == [b"\x00garbage"]
     assert dict(dead[0].headers())["dlq.reason"] == b"bad_json"
 
@@ -116,8 +100,8 @@ def test_alpaca_trade_updates_reach_kafka_as_reports_and_fills_with_correlation_
     runner = asyncio.run(scenario())
     assert runner.stats.produced == {"executionreport": 1, "fill": 1}
     serde = AvroSerde()
-    reports = _consume(kafka_bootstrap, names.execution_reports, 1)
-    fills = _consume(kafka_bootstrap, names.fills, 1)
+    reports = read_topic(kafka_bootstrap, names.execution_reports, 1)
+    fills = read_topic(kafka_bootstrap, names.fills, 1)
     report = serde.decode_as(reports[0].value(), ExecutionReport)
     fill = serde.decode_as(fills[0].value(), Fill)
     data = docs_fill(shared_data)["data"]
@@ -151,8 +135,8 @@ def test_kite_ticks_reach_kafka_as_trades_and_quotes(
     assert runner.stats.produced == {"trade": 1, "quote": 1}
     serde = AvroSerde()
     expected = json.loads(_mock(shared_data, "ticker_full.json").read_text())
-    trade = serde.decode_as(_consume(kafka_bootstrap, names.trades, 1)[0].value(), Trade)
-    quote = serde.decode_as(_consume(kafka_bootstrap, names.quotes, 1)[0].value(), Quote)
+    trade = serde.decode_as(read_topic(kafka_bootstrap, names.trades, 1)[0].value(), Trade)
+    quote = serde.decode_as(read_topic(kafka_bootstrap, names.quotes, 1)[0].value(), Quote)
     assert trade.symbol == quote.symbol == "NSE:INFY"
     assert trade.price == to_fixed(Decimal(str(expected["last_price"])))
     assert quote.bid_price == to_fixed(Decimal(str(expected["depth"]["buy"][0]["price"])))

@@ -1,0 +1,32 @@
+"""Reading what landed on a real topic, for integration tests."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from confluent_kafka import Consumer
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list[Any]:
+    """Every message of ``topic`` from the start: waits until ``expected`` have arrived and
+    the topic then stays quiet for one poll (so extra messages are seen too), or times out."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    out: list[Any] = []
+    try:
+        for _ in range(int(timeout_s / 0.3)):
+            msg = consumer.poll(0.3)
+            if msg is not None and msg.error() is None:
+                out.append(msg)
+            elif len(out) >= expected:
+                break
+    finally:
+        consumer.close()
+    return out
