@@ -7,7 +7,7 @@ RUN_SECONDS ?= 90
 RUN_ARGS ?= --duration $(RUN_SECONDS)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv up down status topics run test test-unit lint fmt bench clean
+.PHONY: help deps venv up down status topics run test test-unit lint fmt docs bench clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -45,10 +45,15 @@ test: deps venv ## run the whole test suite against real Kafka, Redis and chDB
 test-unit: venv ## fast tests only (no services)
 	$(BIN)/pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
-lint: venv ## ruff + mypy
+lint: venv ## ruff + mypy + import-linter (layer contracts in .importlinter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+docs: venv ## regenerate the README's stage table from the stage registry
+	$(BIN)/python -c "from pathlib import Path; from omniquant.stages import render_readme; \
+	p = Path('README.md'); p.write_text(render_readme(p.read_text()))"
 
 fmt: venv ## format the code
 	$(BIN)/ruff format .

@@ -27,10 +27,11 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from omniquant.config import Settings, load_settings
-from omniquant.kafka import ensure_topics, producer_config
+from core.config import Settings, load_settings
+from core.kafka import ensure_topics, producer_config
+from core.topics import TopicNames
 from omniquant.stack.kafka import LocalKafka
-from omniquant.topics import TopicNames
+from omniquant.stages import topic_catalog
 from producers.replay import open_files, replay
 from producers.replay._avro import RecordEncoder, TimestampEncoder
 from producers.replay._files import merge_items
@@ -73,7 +74,7 @@ def _namespace(bootstrap: str, label: str) -> Settings:
         kafka={"bootstrap_servers": bootstrap},
         topic_prefix=f"bench-{label}-{uuid.uuid4().hex[:8]}.",
     )
-    ensure_topics(settings)
+    ensure_topics(settings, topic_catalog())
     return settings
 
 

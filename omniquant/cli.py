@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import inspect
 import io
 import json
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -20,8 +22,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from omniquant.config import Settings, load_settings, mask_url
-from omniquant.errors import ConfigError, OmniquantError
+from core.config import Settings, load_settings, mask_url
+from core.errors import ConfigError, OmniquantError
+from omniquant.stages import STAGES, StageSpec, topic_catalog
+from producers.venues import VENUES
 
 app = typer.Typer(
     help="OmniQuant Streams: Kafka stream processing for trading.",
@@ -123,7 +127,7 @@ def status() -> None:
 @app.command()
 def healthcheck() -> None:
     """Exit 0 when Kafka answers a metadata request (container health checks)."""
-    from omniquant.kafka import broker_answers
+    from core.kafka import broker_answers
 
     settings = _settings()
     if not broker_answers(settings, timeout=5.0):
@@ -135,12 +139,12 @@ def healthcheck() -> None:
 @topics_app.command("create")
 def topics_create() -> None:
     """Create every topic of the catalog that does not exist yet (explicit configs)."""
-    from omniquant.kafka import ensure_topics, wait_for_broker
+    from core.kafka import ensure_topics, wait_for_broker
 
     settings = _settings()
     try:
         wait_for_broker(settings, timeout=30)
-        created = ensure_topics(settings)
+        created = ensure_topics(settings, topic_catalog())
     except OmniquantError as exc:
         raise _fail(exc) from None
     console.print(
@@ -151,18 +155,18 @@ def topics_create() -> None:
 @topics_app.command("list")
 def topics_list() -> None:
     """List the catalog with each topic's physical name, schema and whether it exists."""
-    from omniquant.kafka import describe_topics
-    from omniquant.topics import TopicNames
+    from core.kafka import describe_topics
 
     settings = _settings()
+    catalog = topic_catalog()
     try:
-        states = {t.name: t for t in describe_topics(settings)}
+        states = {t.name: t for t in describe_topics(settings, catalog)}
     except Exception as exc:
         raise _fail(exc) from None
     table = Table(title=f"topics (prefix {settings.topic_prefix!r})")
     for col in ("topic", "key", "value schema", "partitions", "policy", "exists"):
         table.add_column(col)
-    for name, item in TopicNames(settings.topic_prefix).all():
+    for name, item in catalog.physical(settings.topic_prefix):
         state = states[name]
         if item.compacted:
             policy = "compact"
@@ -183,8 +187,8 @@ def topics_list() -> None:
 
 # ---- stages -------------------------------------------------------------------------
 def _start_stage(name: str) -> Settings:
-    from omniquant.logs import configure_logging
-    from omniquant.metrics import APP_UP, serve_metrics
+    from core.logs import configure_logging
+    from core.metrics import APP_UP, serve_metrics
 
     settings = _settings()
     configure_logging(name, settings.log_level)
@@ -193,50 +197,35 @@ def _start_stage(name: str) -> Settings:
     return settings
 
 
-@stage_app.command("feed")
-def stage_feed(
-    symbols: Annotated[str, typer.Option(help="comma-separated symbols")] = DEFAULT_SYMBOLS,
-    rate: Annotated[float, typer.Option(min=0.1, help="trades per second, all symbols")] = 50.0,
-    ticks: Annotated[int | None, typer.Option(min=1, help="stop after N trades")] = None,
-    seed: Annotated[int, typer.Option(help="random seed (same seed, same prices)")] = 7,
-) -> None:
-    """Synthetic GBM market feed → trades topic."""
-    from producers import synthetic_feed
+def _stage_command(spec: StageSpec) -> Callable[..., None]:
+    """A typer command for one registered stage: its options become --flags."""
 
-    settings = _start_stage("feed")
-    synthetic_feed.run(settings, symbols=_symbols(symbols), rate=rate, ticks=ticks, seed=seed)
+    def command(**options: Any) -> None:
+        settings = _start_stage(spec.name)
+        if "symbols" in options:
+            options["symbols"] = _symbols(options["symbols"])
+        spec.start(settings, **options)
 
-
-@stage_app.command("signals")
-def stage_signals() -> None:
-    """Quix app: trades → SMA crossover → signals and order requests."""
-    from streams import signals
-
-    signals.run(_start_stage("signals"))
-
-
-@stage_app.command("risk-gate")
-def stage_risk_gate() -> None:
-    """Quix app: order requests → risk decisions and approved orders."""
-    from streams import risk_gate
-
-    risk_gate.run(_start_stage("risk-gate"))
+    parameters = [
+        inspect.Parameter(
+            option.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=option.default,
+            annotation=Annotated[
+                option.type if option.default is not None else option.type | None,
+                typer.Option(option.flag, help=option.help, min=option.min),
+            ],
+        )
+        for option in spec.options
+    ]
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__name__ = f"stage_{spec.name.replace('-', '_')}"
+    command.__doc__ = spec.summary
+    return command
 
 
-@stage_app.command("execution")
-def stage_execution() -> None:
-    """Quix app: approved orders → paper fills, execution reports, positions."""
-    from streams import execution
-
-    execution.run(_start_stage("execution"))
-
-
-@stage_app.command("sink-clickhouse")
-def stage_sink() -> None:
-    """Quix app: every record topic → ClickHouse tables."""
-    from sinks import app as sink_app
-
-    sink_app.run(_start_stage("sink-clickhouse"))
+for _spec in STAGES:
+    stage_app.command(_spec.name)(_stage_command(_spec))
 
 
 # ---- run ----------------------------------------------------------------------------
@@ -254,28 +243,9 @@ def _live_table(sup: Any) -> Table:
             f"{stage.rate_in:,.0f}",
             f"{stage.rate_out:,.0f}",
             "-" if stage.lag is None else f"{stage.lag:,}",
-            _stage_detail(stage),
+            stage.detail(),
         )
     return table
-
-
-def _stage_detail(stage: Any) -> str:
-    c = stage.counters
-    if stage.name == "risk-gate":
-        return (
-            f"approved {c.get('omniquant_risk_decisions_total:APPROVED', 0):,.0f}  "
-            f"rejected {c.get('omniquant_risk_decisions_total:REJECTED', 0):,.0f}"
-        )
-    if stage.name == "execution":
-        pnl = c.get("omniquant_pnl:realized", 0.0) + c.get("omniquant_pnl:unrealized", 0.0)
-        return f"fills {c.get('omniquant_fills_total', 0):,.0f}  PnL {pnl:,.2f}"
-    if stage.name == "sink-clickhouse":
-        return f"rows {c.get('omniquant_sink_rows_total', 0):,.0f}"
-    if stage.name == "feed":
-        return f"trades {c.get('omniquant_messages_out_total', 0):,.0f}"
-    if stage.name == "signals":
-        return f"late trades {c.get('omniquant_late_trades_total', 0):,.0f}"
-    return ""
 
 
 @app.command()
@@ -296,7 +266,7 @@ def run(
     ] = 120.0,
 ) -> None:
     """Run the whole pipeline on the local stack, supervised; summary and queries at the end."""
-    from omniquant.kafka import ensure_topics, wait_for_broker
+    from core.kafka import ensure_topics, wait_for_broker
     from omniquant.stack.manager import LocalStack
     from omniquant.supervisor import Supervisor, pipeline_stages
 
@@ -306,19 +276,13 @@ def run(
         started = time.monotonic()
         LocalStack(settings).up()
         wait_for_broker(settings, timeout=settings.stack.start_timeout_s)
-        ensure_topics(settings)
+        ensure_topics(settings, topic_catalog())
         console.print(f"stack and topics ready in {time.monotonic() - started:.1f} s")
     except OmniquantError as exc:
         raise _fail(exc) from None
 
-    stages = pipeline_stages(
-        settings,
-        symbols=symbol_list,
-        rate=rate,
-        ticks=ticks,
-        seed=seed,
-        metrics_base_port=metrics_port,
-    )
+    feed = {"symbols": symbol_list, "rate": rate, "ticks": ticks, "seed": seed}
+    stages = pipeline_stages(settings, options={"feed": feed}, metrics_base_port=metrics_port)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     log_dir = settings.state_dir / "logs" / f"run-{stamp}"
     console.print("stages (Prometheus metrics):")
@@ -365,7 +329,7 @@ def run(
 
 
 def _print_summary(settings: Settings, supervisor: Any, elapsed: float) -> None:
-    from omniquant.clickhouse import connect_clickhouse
+    from core.clickhouse import connect_clickhouse
     from sinks.clickhouse import TABLE_BY_TOPIC
 
     console.print(
@@ -375,14 +339,13 @@ def _print_summary(settings: Settings, supervisor: Any, elapsed: float) -> None:
     for col in ("stage", "consumed", "produced", "peak in/s", "peak out/s", "detail"):
         stages.add_column(col, justify="left" if col in ("stage", "detail") else "right")
     for stage in supervisor.stages:
-        c = stage.counters
         stages.add_row(
             stage.name,
-            f"{c.get('omniquant_messages_in_total', 0):,.0f}",
-            f"{c.get('omniquant_messages_out_total', 0):,.0f}",
+            f"{stage.consumed:,.0f}",
+            f"{stage.produced:,.0f}",
             f"{stage.peak_in:,.0f}",
             f"{stage.peak_out:,.0f}",
-            _stage_detail(stage),
+            stage.detail(),
         )
     console.print(stages)
     db = settings.clickhouse.database
@@ -417,11 +380,8 @@ def _print_summary(settings: Settings, supervisor: Any, elapsed: float) -> None:
 
 
 # ---- produce ------------------------------------------------------------------------
-class Venue(StrEnum):
-    polygon = "polygon"
-    alpaca = "alpaca"
-    alpaca_trading = "alpaca-trading"
-    kite = "kite"
+# The venues are those producers.venues registers (the one list); typer needs an enum.
+Venue = StrEnum("Venue", {name.replace("-", "_"): name for name in VENUES})  # type: ignore[misc]
 
 
 @app.command()
@@ -439,8 +399,8 @@ def produce(
     import asyncio
     import signal as signals
 
-    from omniquant.logs import configure_logging
-    from omniquant.metrics import serve_metrics
+    from core.logs import configure_logging
+    from core.metrics import serve_metrics
     from producers.runner import FeedRunner, RunnerConfig
     from producers.venues import create_feed
 
@@ -491,7 +451,7 @@ def replay_command(
     Prints how every row ended (read = produced + skipped + failed); exits 1 if any record or
     dead letter was not delivered, 130 if interrupted.
     """
-    from omniquant.kafka import ensure_topics, wait_for_broker
+    from core.kafka import ensure_topics, wait_for_broker
     from producers.replay import open_files, parse_bound, parse_speed
     from producers.replay import replay as replay_files
 
@@ -516,7 +476,7 @@ def replay_command(
     try:
         open_files(paths)  # a missing or unsupported file fails here, before any broker call
         wait_for_broker(settings, timeout=30)
-        ensure_topics(settings)
+        ensure_topics(settings, topic_catalog())
         stats = replay_files(
             paths, settings, speed=speed, from_ns=bounds[0], to_ns=bounds[1], progress=True
         )
@@ -559,7 +519,7 @@ def sql(
     output: Annotated[OutputFormat, typer.Option("--format", "-f")] = OutputFormat.table,
 ) -> None:
     """Query the platform's ClickHouse (embedded chDB by default, CLICKHOUSE_URL if set)."""
-    from omniquant.clickhouse import connect_clickhouse
+    from core.clickhouse import connect_clickhouse
 
     settings = _settings()
     try:

@@ -18,16 +18,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from omniquant.config import Settings
-from omniquant.kafka import LagProbe, broker_answers, end_offsets
-from omniquant.topics import TopicNames
+from core.config import Settings
+from core.kafka import LagProbe, broker_answers, end_offsets
+from core.topics import TopicNames
+from omniquant.stages import CONSUMED, PRODUCED, STAGES, StageSpec
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +39,64 @@ EXIT_BROKER_LOST = 3
 
 @dataclass
 class Stage:
-    """One supervised process."""
+    """One supervised process: a registered stage and how this run started it."""
 
-    name: str
+    spec: StageSpec
     args: list[str]  # after `omniquant stage`
     consumer_group: str | None
     inputs: list[str]  # topics whose lag this stage owns
     metrics_port: int
-    is_source: bool = False
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     stopping: bool = False
-    # live figures
-    counters: dict[str, float] = field(default_factory=dict)
+    # live figures: the last scrape of the stage's /metrics
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
     rate_in: float = 0.0
     rate_out: float = 0.0
     peak_in: float = 0.0
     peak_out: float = 0.0
     lag: int | None = None
+    produced_override: float | None = None  # exact count for a source, set at its stop
     _last: tuple[float, float, float] | None = None  # (time, in, out)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def is_source(self) -> bool:
+        return self.spec.is_source
 
     @property
     def exit_code(self) -> int | None:
         return None if self.process is None else self.process.poll()
+
+    @property
+    def consumed(self) -> float:
+        return CONSUMED.read(self.samples)
+
+    @property
+    def produced(self) -> float:
+        if self.produced_override is not None:
+            return self.produced_override
+        return PRODUCED.read(self.samples)
+
+    def figure(self, label: str) -> float:
+        """The value of one of the stage's registered live figures, by its label."""
+        for item in self.spec.figures:
+            if item.label == label:
+                if item.metric is PRODUCED.metric and self.produced_override is not None:
+                    return self.produced_override
+                return item.read(self.samples)
+        raise KeyError(f"stage {self.name} has no figure {label!r}")
+
+    def detail(self) -> str:
+        return "  ".join(
+            f"{f.label} {self.figure(f.label):,.2f}"
+            if f.money
+            else f"{f.label} {self.figure(f.label):,.0f}"
+            for f in self.spec.figures
+        )
 
 
 def free_port() -> int:
@@ -69,71 +105,59 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stage_args(spec: StageSpec, options: Mapping[str, Any]) -> list[str]:
+    """`omniquant stage NAME --opt value ...` arguments for a registered stage."""
+    args = [spec.name]
+    for option in spec.options:
+        value = options.get(option.name, option.default)
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            value = ",".join(str(v) for v in value)
+        args += [option.flag, str(value)]
+    return args
+
+
 def pipeline_stages(
     settings: Settings,
     *,
-    symbols: Sequence[str],
-    rate: float,
-    ticks: int | None,
-    seed: int,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
     metrics_base_port: int = 0,
+    stages: Sequence[StageSpec] = STAGES,
 ) -> list[Stage]:
-    """The walking skeleton: feed → signals → risk gate → execution → ClickHouse sink."""
+    """Every registered stage, as this run starts it (``options`` per stage name)."""
     names = TopicNames(settings.topic_prefix)
-    prefix = settings.topic_prefix
+    options = options or {}
 
     def port(i: int) -> int:
         return metrics_base_port + i if metrics_base_port else free_port()
 
-    feed_args = ["feed", "--symbols", ",".join(symbols), "--rate", str(rate), "--seed", str(seed)]
-    if ticks is not None:
-        feed_args += ["--ticks", str(ticks)]
-    record_topics = [
-        names.trades,
-        names.signals,
-        names.order_requests,
-        names.risk_decisions,
-        names.approved_orders,
-        names.execution_reports,
-        names.fills,
-        names.positions,
-    ]
     return [
-        Stage("feed", feed_args, None, [], port(0), is_source=True),
-        Stage("signals", ["signals"], f"{prefix}signals", [names.trades], port(1)),
-        Stage("risk-gate", ["risk-gate"], f"{prefix}risk-gate", [names.order_requests], port(2)),
         Stage(
-            "execution",
-            ["execution"],
-            f"{prefix}execution",
-            [names.approved_orders, names.trades],
-            port(3),
-        ),
-        Stage(
-            "sink-clickhouse",
-            ["sink-clickhouse"],
-            f"{prefix}sink-clickhouse",
-            record_topics,
-            port(4),
-        ),
+            spec=spec,
+            args=stage_args(spec, options.get(spec.name, {})),
+            consumer_group=spec.consumer_group(settings.topic_prefix),
+            inputs=spec.input_topics(names),
+            metrics_port=port(i),
+        )
+        for i, spec in enumerate(stages)
     ]
 
 
-def scrape(port: int, timeout: float = 0.5) -> dict[str, float]:
-    """Sum each metric sample of a stage's /metrics by name+selected label (best effort)."""
+def scrape(port: int, timeout: float = 0.5) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a stage's /metrics, summed per (name, labels) (best effort)."""
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             text = resp.read().decode()
     except OSError:
         return {}
-    out: dict[str, float] = {}
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name.endswith("_created"):
                 continue
-            label = sample.labels.get("decision") or sample.labels.get("kind") or ""
-            key = f"{sample.name}:{label}" if label else sample.name
+            key = (sample.name, tuple(sorted(sample.labels.items())))
             out[key] = out.get(key, 0.0) + sample.value
     return out
 
@@ -233,9 +257,8 @@ class Supervisor:
     def refresh(self) -> None:
         now = time.monotonic()
         for stage in self.stages:
-            stage.counters = scrape(stage.metrics_port) or stage.counters
-            total_in = stage.counters.get("omniquant_messages_in_total", 0.0)
-            total_out = stage.counters.get("omniquant_messages_out_total", 0.0)
+            stage.samples = scrape(stage.metrics_port) or stage.samples
+            total_in, total_out = stage.consumed, stage.produced
             # Rates over >= 2 s windows: per-tick deltas of a 0.5 s loop are too noisy.
             if stage._last is None:
                 stage._last = (now, total_in, total_out)
@@ -263,11 +286,12 @@ class Supervisor:
             signal.signal(signal.SIGTERM, previous_term)
             self._lag.close()
 
-    def _trades_end(self) -> int:
+    def _outputs_end(self) -> int:
+        """Sum of the end offsets of every topic the sources write."""
+        names = TopicNames(self.settings.topic_prefix)
+        topics = {names.name(t) for s in self.stages if s.is_source for t in s.spec.outputs}
         try:
-            return sum(
-                end_offsets(self.settings, TopicNames(self.settings.topic_prefix).trades).values()
-            )
+            return sum(sum(end_offsets(self.settings, t).values()) for t in sorted(topics))
         except Exception:  # informative only
             return 0
 
@@ -276,7 +300,7 @@ class Supervisor:
 
     def _run(self) -> int:
         self.started_at = time.monotonic()
-        self._trades_at_start = self._trades_end()
+        self._outputs_at_start = self._outputs_end()
         # Consumers first so they are assigned before the feed's first record.
         for stage in reversed(self.stages):
             self._spawn(stage)
@@ -344,9 +368,8 @@ class Supervisor:
         for stage in self.stages:
             if stage.is_source:
                 code = self._stop(stage)
-                # Exact: what the feed added to the trades topic during this run.
-                produced = self._trades_end() - self._trades_at_start
-                stage.counters = {**stage.counters, "omniquant_messages_out_total": produced}
+                # Exact: what the sources added to their topics during this run.
+                stage.produced_override = self._outputs_end() - self._outputs_at_start
                 if code not in (0, -signal.SIGTERM, None):
                     self._print(f"ERROR: {stage.name} exited with code {code} on stop")
                     self._kill_all()
@@ -376,7 +399,7 @@ class Supervisor:
             else:
                 self._print(f"WARNING: {stage.name} still lagging at the drain timeout")
             # Nothing left to process: this scrape holds the stage's final figures.
-            stage.counters = scrape(stage.metrics_port) or stage.counters
+            stage.samples = scrape(stage.metrics_port) or stage.samples
             early = stage.exit_code
             code = self._stop(stage)
             if early is not None or code not in (0, None):

@@ -23,7 +23,7 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from omniquant.errors import OmniquantError
+from core.errors import OmniquantError
 from schemas.models import Bar, ExecutionReport, Fill, Quote, Trade
 
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from omniquant.config import Settings
-from omniquant.errors import DeliveryError
-from omniquant.kafka import producer_config
-from omniquant.metrics import MESSAGES_OUT
+from core.config import Settings
+from core.errors import DeliveryError
+from core.kafka import producer_config
+from core.metrics import MESSAGES_OUT
 from schemas.models import Record
 from schemas.serde import AvroSerde
 

@@ -24,16 +24,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from omniquant.config import Settings
-from omniquant.logs import CORRELATION_HEADER
-from omniquant.metrics import (
+from core.config import Settings
+from core.logs import CORRELATION_HEADER
+from core.metrics import (
     MARKET_DATA_ERRORS,
     MARKET_DATA_LAG,
     MARKET_DATA_MESSAGES,
     MARKET_DATA_RECONNECTS,
     MARKET_DATA_STALE,
 )
-from omniquant.topics import TopicNames
+from core.topics import TopicNames
 from producers.base import FeedDisconnected, FeedError, FeedEvent, Malformed, MarketDataFeed
 from producers.kafka_producer import RecordProducer
 from schemas.models import (

@@ -11,14 +11,12 @@ import signal
 import time
 from collections.abc import Sequence
 
-from omniquant.config import Settings
-from omniquant.topics import TopicNames
+from core.config import Settings
+from core.topics import TopicNames
 from producers.kafka_producer import RecordProducer
 from producers.synthetic import GbmTradeGenerator
 
 log = logging.getLogger(__name__)
-
-APP_NAME = "feed"
 
 
 def run(
@@ -28,6 +26,7 @@ def run(
     rate: float,
     ticks: int | None,
     seed: int,
+    name: str = "feed",
 ) -> int:
     """Produce trades until ``ticks`` are sent or SIGTERM/SIGINT; return the count sent."""
     stop = False
@@ -40,7 +39,7 @@ def run(
     signal.signal(signal.SIGINT, request_stop)
 
     topic = TopicNames(settings.topic_prefix).trades
-    producer = RecordProducer(settings, APP_NAME)
+    producer = RecordProducer(settings, name)
     generator = GbmTradeGenerator(
         symbols=symbols, seed=seed, start_ns=time.time_ns(), mean_interval_ms=1000.0 / rate
     )

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omniquant.config import Settings
+from core.config import Settings
 from producers.base import MarketDataFeed
 
-VENUES = ("polygon", "alpaca", "alpaca-trading", "kite")
+# Every venue `omniquant produce` offers; the CLI reads this list.
+VENUES: tuple[str, ...] = ("polygon", "alpaca", "alpaca-trading", "kite")
 
 
 async def create_feed(

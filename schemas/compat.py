@@ -26,7 +26,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import SchemaParseException
 
-from omniquant.errors import SerdeError
+from core.errors import SerdeError
 from schemas.registry import NAMED_TYPES, PRIMITIVE_TYPES, named_types, qualify
 
 __all__ = ["check_backward"]

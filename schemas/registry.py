@@ -24,7 +24,7 @@ from typing import Any
 import fastavro
 from fastavro.schema import SchemaParseException
 
-from omniquant.errors import SerdeError, UnknownSchemaError
+from core.errors import SerdeError, UnknownSchemaError
 
 __all__ = [
     "AVRO_DIR",

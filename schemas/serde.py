@@ -24,13 +24,13 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import SchemaParseException
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from omniquant.errors import ConfigError, SerdeError, StackError, UnknownSchemaError
+from core.errors import ConfigError, SerdeError, StackError, UnknownSchemaError
 from schemas.compat import check_backward
 from schemas.models import MODEL_BY_AVRO_NAME, VALUE_MODELS, Record
 from schemas.registry import (
@@ -41,8 +41,20 @@ from schemas.registry import (
     qualify,
 )
 
-if TYPE_CHECKING:
-    from omniquant.config import Settings
+
+class _RegistrySettings(Protocol):
+    """What :meth:`AvroSerde.from_settings` reads (``core.config.KafkaSettings`` has it)."""
+
+    @property
+    def schema_registry_url(self) -> str | None: ...
+    @property
+    def schema_registry_basic_auth(self) -> SecretStr | None: ...
+
+
+class _HasKafkaSettings(Protocol):
+    @property
+    def kafka(self) -> _RegistrySettings: ...
+
 
 __all__ = ["AvroSerde"]
 
@@ -109,7 +121,7 @@ class AvroSerde:
         self._by_schema_id: dict[int, _Reader] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AvroSerde:
+    def from_settings(cls, settings: _HasKafkaSettings) -> AvroSerde:
         """Registry from ``settings.kafka`` if its URL is set; single-object encoding otherwise."""
         auth = settings.kafka.schema_registry_basic_auth
         return cls(

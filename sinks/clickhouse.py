@@ -22,9 +22,9 @@ from typing import Any
 from pydantic import BaseModel
 from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
-from omniquant.clickhouse import ClickHouse
-from omniquant.errors import OmniquantError
-from omniquant.metrics import SINK_ROWS
+from core.clickhouse import ClickHouse
+from core.errors import OmniquantError
+from core.metrics import SINK_ROWS
 from schemas.fixedpoint import from_fixed
 from schemas.models import MODEL_BY_AVRO_NAME, FixedPointField, Record, TimestampNsField
 
@@ -185,7 +185,7 @@ class TableSpec:
 
 def table_specs() -> dict[str, TableSpec]:
     """Logical topic name → table spec, for every record topic in TABLE_BY_TOPIC."""
-    from omniquant.topics import spec
+    from core.topics import spec
 
     result = {}
     for logical, table in TABLE_BY_TOPIC.items():

@@ -13,9 +13,8 @@ from typing import Any
 
 from quixstreams import State
 
-from omniquant.config import Settings
-from omniquant.metrics import FILLS, PNL
-from omniquant.streaming import StreamApp, correlation_headers, now_ns
+from core.config import Settings
+from core.metrics import FILLS, PNL
 from schemas.fixedpoint import from_fixed
 from schemas.models import (
     ExecType,
@@ -26,8 +25,8 @@ from schemas.models import (
     OrderStatus,
 )
 from streams.logic.positions import PositionLedger
+from streams.runtime import StreamApp, correlation_headers, now_ns
 
-APP_NAME = "execution"
 VENUE = "PAPER"
 JOIN_GRACE_MS = 5 * 60 * 1000
 
@@ -126,8 +125,9 @@ def _join(order: dict[str, Any], trade: dict[str, Any] | None) -> dict[str, Any]
     return {"order": order, "trade": trade}
 
 
-def build(settings: Settings) -> StreamApp:
-    stream = StreamApp(settings, APP_NAME)
+def build(settings: Settings, name: str) -> StreamApp:
+    """The app under the stage name the registry gives it (its group and dead letters)."""
+    stream = StreamApp(settings, name)
     execution = PaperExecution()
     orders = stream.dataframe("orders.approved")
     # The join keeps right-side records in state: keep only what pricing needs, and only
@@ -155,5 +155,5 @@ def build(settings: Settings) -> StreamApp:
     return stream
 
 
-def run(settings: Settings) -> None:
-    build(settings).run()
+def run(settings: Settings, *, name: str) -> None:
+    build(settings, name).run()

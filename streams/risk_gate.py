@@ -12,13 +12,11 @@ from typing import Any
 
 from quixstreams import State
 
-from omniquant.config import Settings
-from omniquant.metrics import RISK_DECISIONS
-from omniquant.streaming import StreamApp, correlation_headers, now_ns
+from core.config import Settings
+from core.metrics import RISK_DECISIONS
 from schemas.models import Decision, OrderRequest
 from streams.logic.risk import PreTradeRisk, RiskLimitsRaw, SymbolRiskState
-
-APP_NAME = "risk-gate"
+from streams.runtime import StreamApp, correlation_headers, now_ns
 
 
 class RiskGateProcessor:
@@ -36,8 +34,9 @@ class RiskGateProcessor:
         return {"decision": decision.model_dump(), "order": request if approved else None}
 
 
-def build(settings: Settings) -> StreamApp:
-    stream = StreamApp(settings, APP_NAME)
+def build(settings: Settings, name: str) -> StreamApp:
+    """The app under the stage name the registry gives it (its group and dead letters)."""
+    stream = StreamApp(settings, name)
     processor = RiskGateProcessor(settings)
     requests = stream.dataframe("orders.requests")
     outputs = requests.apply(processor.on_order, stateful=True)
@@ -52,5 +51,5 @@ def build(settings: Settings) -> StreamApp:
     return stream
 
 
-def run(settings: Settings) -> None:
-    build(settings).run()
+def run(settings: Settings, *, name: str) -> None:
+    build(settings, name).run()

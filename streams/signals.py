@@ -11,17 +11,15 @@ from typing import Any
 
 from quixstreams import State
 
-from omniquant.config import Settings
-from omniquant.metrics import LATE_TRADES
-from omniquant.streaming import StreamApp, correlation_headers, now_ns
+from core.config import Settings
+from core.metrics import LATE_TRADES
 from schemas.fixedpoint import to_fixed
 from schemas.models import Signal
 from streams.logic.orders import signal_to_order
 from streams.logic.sma import SmaCrossover
+from streams.runtime import StreamApp, correlation_headers, now_ns
 
 log = logging.getLogger(__name__)
-
-APP_NAME = "signals"
 
 
 class SignalsProcessor:
@@ -75,8 +73,9 @@ class SignalsProcessor:
         }
 
 
-def build(settings: Settings) -> StreamApp:
-    stream = StreamApp(settings, APP_NAME)
+def build(settings: Settings, name: str) -> StreamApp:
+    """The app under the stage name the registry gives it (its group and dead letters)."""
+    stream = StreamApp(settings, name)
     processor = SignalsProcessor(settings)
     trades = stream.dataframe("market.trades")
     outputs = trades.apply(processor.on_trade, stateful=True).filter(lambda out: out is not None)
@@ -91,5 +90,5 @@ def build(settings: Settings) -> StreamApp:
     return stream
 
 
-def run(settings: Settings) -> None:
-    build(settings).run()
+def run(settings: Settings, *, name: str) -> None:
+    build(settings, name).run()

@@ -25,7 +25,7 @@ from uuid import uuid4
 
 import pytest
 
-from omniquant.config import Settings, load_settings, mask_url
+from core.config import Settings, load_settings, mask_url
 from omniquant.stack.kafka import LocalKafka
 from omniquant.stack.redis import LocalRedis
 

@@ -22,8 +22,8 @@ from conftest import shared_file
 from pydantic import SecretStr
 from websockets.asyncio.server import ServerConnection, serve
 
-from omniquant.config import load_settings
-from omniquant.errors import MissingCredentialError
+from core.config import load_settings
+from core.errors import MissingCredentialError
 from producers.alpaca import AlpacaConfig, AlpacaStockFeed, AlpacaTradeUpdates
 from producers.alpaca.parsing import (
     EXCHANGE_MIC,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from omniquant.clickhouse import ChdbClickHouse, ClickHouse, connect_clickhouse
-from omniquant.config import load_settings
-from omniquant.errors import ClickHouseError, OmniquantError
+from core.clickhouse import ChdbClickHouse, ClickHouse, connect_clickhouse
+from core.config import load_settings
+from core.errors import ClickHouseError, OmniquantError
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def _make_table(client: ClickHouse) -> None:
 
 def _open_in_child(path: Path, sql: str) -> subprocess.CompletedProcess[str]:
     code = (
-        "import sys; from pathlib import Path; from omniquant.clickhouse import ChdbClickHouse\n"
+        "import sys; from pathlib import Path; from core.clickhouse import ChdbClickHouse\n"
         "c = ChdbClickHouse(Path(sys.argv[1])); print(c.query(sys.argv[2]).rows); c.close()"
     )
     return subprocess.run(

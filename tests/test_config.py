@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from omniquant.config import load_settings, mask_url
-from omniquant.errors import ConfigError
+from core.config import load_settings, mask_url
+from core.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from omniquant.config import load_settings
-from omniquant.kafka import LagProbe, ensure_topics
+from core.config import load_settings
+from core.kafka import LagProbe, ensure_topics
+from core.topics import TopicNames
+from omniquant.stages import topic_catalog
 from omniquant.supervisor import free_port, scrape
-from omniquant.topics import TopicNames
 from schemas.models import Trade
 from schemas.serde import AvroSerde
 
@@ -42,7 +43,7 @@ def test_malformed_trades_go_to_dead_letter_topic_and_signals_app_keeps_running(
         topic_prefix=prefix,
         state_dir=tmp_path,
     )
-    ensure_topics(settings)
+    ensure_topics(settings, topic_catalog())
     names = TopicNames(prefix)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQUANT_")}

@@ -43,7 +43,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from omniquant.config import _WELL_KNOWN_ENV, ENV_PREFIX, Settings, load_settings
+from core.config import _WELL_KNOWN_ENV, ENV_PREFIX, Settings, load_settings
+from omniquant.stages import STAGES as REGISTERED_STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
@@ -55,7 +56,7 @@ K8S = REPO / "k8s"
 
 # The stages of `omniquant run` (the CLI contract); each is a compose service and a
 # k8s Deployment of the same name.
-STAGES = ("feed", "signals", "risk-gate", "execution", "sink-clickhouse")
+STAGES = tuple(s.name for s in REGISTERED_STAGES)
 INFRA_SERVICES = ("kafka", "clickhouse", "redis", "prometheus", "grafana")
 APP_IMAGE = "omniquant-streams"
 METRICS_PORT = 9100
@@ -100,7 +101,7 @@ def settings_env_names() -> frozenset[str]:
 def unknown_env_names(names: Iterator[str] | Sequence[str], where: str) -> list[str]:
     allowed = settings_env_names()
     return [
-        f"{where}: {name} is not a setting (typo? see omniquant/config.py)"
+        f"{where}: {name} is not a setting (typo? see core/config.py)"
         for name in sorted(set(names))
         if name not in allowed
     ]
@@ -789,9 +790,8 @@ def test_stage_list_matches_omniquant_run(monkeypatch: pytest.MonkeyPatch) -> No
     from omniquant.supervisor import pipeline_stages
 
     settings = load_settings_from({}, monkeypatch)
-    stages = pipeline_stages(
-        settings, symbols=["AAPL"], rate=5.0, ticks=None, seed=1, metrics_base_port=METRICS_PORT
-    )
+    feed = {"symbols": ["AAPL"], "rate": 5.0, "ticks": None, "seed": 1}
+    stages = pipeline_stages(settings, options={"feed": feed}, metrics_base_port=METRICS_PORT)
     assert tuple(s.name for s in stages) == STAGES
     for stage in stages:  # what `omniquant run` spawns is what compose and k8s run
         assert stage.args[0] == stage.name
@@ -816,8 +816,8 @@ def test_env_names_follow_the_settings_model() -> None:
         assert name in names
     assert "OMNIQUANT_KAFKA" not in names  # a section, not a setting
     assert unknown_env_names(["OMNIQUANT_METRIC_PORT", "KAFKA_BOOTSTRAP_SERVER"], "x") == [
-        "x: KAFKA_BOOTSTRAP_SERVER is not a setting (typo? see omniquant/config.py)",
-        "x: OMNIQUANT_METRIC_PORT is not a setting (typo? see omniquant/config.py)",
+        "x: KAFKA_BOOTSTRAP_SERVER is not a setting (typo? see core/config.py)",
+        "x: OMNIQUANT_METRIC_PORT is not a setting (typo? see core/config.py)",
     ]
 
 
@@ -917,8 +917,8 @@ def test_compose_env_checker_catches_a_typo() -> None:
     env["REDIS_URI"] = env.pop("REDIS_URL")
     assert compose_env_problems(doc) == [
         "service execution: OMNIQUANT_KAFKA__SECURITY_PROTCOL is not a setting "
-        "(typo? see omniquant/config.py)",
-        "service execution: REDIS_URI is not a setting (typo? see omniquant/config.py)",
+        "(typo? see core/config.py)",
+        "service execution: REDIS_URI is not a setting (typo? see core/config.py)",
     ]
 
 

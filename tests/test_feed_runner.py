@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 from kafka_read import read_topic
 
-from omniquant.kafka import ensure_topics
-from omniquant.topics import TopicNames
+from core.kafka import ensure_topics
+from core.topics import TopicNames
+from omniquant.stages import topic_catalog
 from producers.base import FeedDisconnected, FeedEvent, Malformed, MarketDataFeed
 from producers.runner import FeedRunner, RunnerConfig, backoff_delay
 from schemas.models import Alert, Quote, Trade
@@ -96,7 +97,7 @@ def test_backoff_grows_exponentially_with_full_jitter_and_is_capped() -> None:
 def test_runner_routes_records_dead_letters_malformed_reconnects_and_alerts_on_silence(
     settings, kafka_bootstrap: str
 ) -> None:
-    ensure_topics(settings)
+    ensure_topics(settings, topic_catalog())
     names = TopicNames(settings.topic_prefix)
     feed = ScriptedFeed()
     runner = FeedRunner(

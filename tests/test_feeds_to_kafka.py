@@ -16,8 +16,9 @@ from test_alpaca_adapter import config as alpaca_config
 from test_kite_adapter import KiteServer, _feed, _frame, _mock, _packet, _serving, instruments
 from test_polygon_adapter import MockServerFrames, feed_for, mock_frames, polygon_ws_server
 
-from omniquant.kafka import ensure_topics
-from omniquant.topics import TopicNames
+from core.kafka import ensure_topics
+from core.topics import TopicNames
+from omniquant.stages import topic_catalog
 from producers.alpaca import AlpacaTradeUpdates
 from producers.base import FeedDisconnected
 from producers.kite import InstrumentMap
@@ -33,7 +34,7 @@ __all__ = ["instruments", "mock_frames"]  # fixtures re-used from the adapters' 
 def test_polygon_frames_reach_kafka_as_trades_and_garbage_reaches_dead_letters(
     mock_frames: MockServerFrames, settings, kafka_bootstrap: str, shared_data: Path
 ) -> None:
-    ensure_topics(settings)
+    ensure_topics(settings, topic_catalog())
     names = TopicNames(settings.topic_prefix)
     frames: list[str | bytes] = [mock_frames.aapl_trade, mock_frames.amzn_trades, b"\x00garbage"]
 
@@ -85,7 +86,7 @@ async def _run_until_disconnected(runner: FeedRunner) -> None:
 def test_alpaca_trade_updates_reach_kafka_as_reports_and_fills_with_correlation_ids(
     settings, kafka_bootstrap: str, shared_data: Path
 ) -> None:
-    ensure_topics(settings)
+    ensure_topics(settings, topic_catalog())
     names = TopicNames(settings.topic_prefix)
     fill_frame = json.dumps(docs_fill(shared_data)).encode()  # Alpaca's docs example, verbatim
 
@@ -117,7 +118,7 @@ def test_alpaca_trade_updates_reach_kafka_as_reports_and_fills_with_correlation_
 def test_kite_ticks_reach_kafka_as_trades_and_quotes(
     settings, kafka_bootstrap: str, shared_data: Path, instruments: InstrumentMap
 ) -> None:
-    ensure_topics(settings)
+    ensure_topics(settings, topic_catalog())
     names = TopicNames(settings.topic_prefix)
     server = KiteServer([_frame(_packet(shared_data, "full"))], close_after=True)
 

@@ -34,8 +34,8 @@ from pydantic import SecretStr
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from omniquant.config import load_settings
-from omniquant.errors import MissingCredentialError
+from core.config import load_settings
+from core.errors import MissingCredentialError
 from producers.base import FeedDisconnected, FeedError, Malformed
 from producers.kite import (
     InstrumentMap,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from omniquant.config import RiskLimits
+from core.config import RiskLimits
 from schemas.fixedpoint import mul, to_fixed
 from schemas.models import Decision, Fill, OrderRequest, OrderType, Side
 from streams.logic.risk import PreTradeRisk, RiskLimitsRaw, SymbolRiskState

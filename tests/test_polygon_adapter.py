@@ -31,8 +31,8 @@ from conftest import shared_file
 from pydantic import SecretStr
 from websockets.asyncio.server import ServerConnection, serve
 
-from omniquant.config import load_settings
-from omniquant.errors import MissingCredentialError
+from core.config import load_settings
+from core.errors import MissingCredentialError
 from producers.base import FeedDisconnected, FeedError, Malformed
 from producers.polygon import PolygonConfig, PolygonFeed, backfill_aggs
 from producers.polygon.parsing import (

@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import producers.replay as replay_pkg
-from omniquant.config import Settings
-from omniquant.kafka import consumer_config, end_offsets, ensure_topics
-from omniquant.topics import TopicNames
+from core.config import Settings
+from core.kafka import consumer_config, end_offsets, ensure_topics
+from core.topics import TopicNames
+from omniquant.stages import topic_catalog
 from producers.replay import (
     OUT_OF_RANGE,
     ReplayError,
@@ -743,7 +744,7 @@ def test_replay_of_one_lean_symbol_day_lands_every_row_exactly(
 ) -> None:
     trade_file = shared_file(shared_data, f"{LEAN_TICK}/ibm/20131007_trade.zip")
     quote_file = shared_file(shared_data, f"{LEAN_TICK}/ibm/20131007_quote.zip")
-    ensure_topics(settings)
+    ensure_topics(settings, topic_catalog())
     names = TopicNames(settings.topic_prefix)
 
     stats = replay([trade_file, quote_file], settings)
@@ -789,7 +790,7 @@ def test_replay_of_every_lean_tick_file_matches_sources_row_counts(
     settings: Settings, shared_data: Path
 ) -> None:
     files = [shared_file(shared_data, f"{LEAN_TICK}/{rel}") for rel in LEAN_ROWS]
-    ensure_topics(settings)
+    ensure_topics(settings, topic_catalog())
     names = TopicNames(settings.topic_prefix)
 
     stats = replay(files, settings)
@@ -807,7 +808,7 @@ def test_replay_of_every_lean_tick_file_matches_sources_row_counts(
 def test_replay_dead_letters_malformed_rows_and_reconciles_exactly(
     settings: Settings, tmp_path: Path
 ) -> None:
-    ensure_topics(settings)
+    ensure_topics(settings, topic_catalog())
     names = TopicNames(settings.topic_prefix)
     lean = lean_zip(
         tmp_path,
@@ -866,7 +867,7 @@ def test_replay_dead_letters_malformed_rows_and_reconciles_exactly(
 def test_refused_deliveries_are_counted_as_failed_and_still_reconcile(
     settings: Settings, tmp_path: Path
 ) -> None:
-    ensure_topics(settings)
+    ensure_topics(settings, topic_catalog())
     names = TopicNames(settings.topic_prefix)
     path = tmp_path / "ticks.ndjson"
     huge = json.dumps(["C" * 1_100_000])  # the record exceeds the producer's message.max.bytes
@@ -889,7 +890,7 @@ def test_refused_deliveries_are_counted_as_failed_and_still_reconcile(
 
 @pytest.mark.integration
 def test_paced_replay_waits_event_time_over_speed(settings: Settings, tmp_path: Path) -> None:
-    ensure_topics(settings)
+    ensure_topics(settings, topic_catalog())
     lines = ["14400000,1,1,P,1,0", "14400000,1,1,P,1,0", "14401000,1,1,P,1,0", "14404000,1,1,P,1,0"]
     path = lean_zip(tmp_path, "IBM", "20131007", "trade", lines)
     now = [100.0]

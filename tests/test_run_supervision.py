@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from omniquant.config import load_settings
-from omniquant.kafka import LagProbe, end_offsets
+from core.config import load_settings
+from core.kafka import LagProbe, end_offsets
 from omniquant.stack.kafka import LocalKafka
 from omniquant.supervisor import free_port
 

@@ -32,8 +32,8 @@ from fastavro.schema import to_parsing_canonical_form
 from hypothesis import given
 from hypothesis import strategies as st
 
-from omniquant.config import load_settings
-from omniquant.errors import ConfigError, SerdeError, StackError, UnknownSchemaError
+from core.config import load_settings
+from core.errors import ConfigError, SerdeError, StackError, UnknownSchemaError
 from schemas.models import AggressorSide, Quote, RiskCheck, Trade
 from schemas.registry import (
     AVRO_DIR,

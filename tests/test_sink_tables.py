@@ -6,13 +6,13 @@ from decimal import Decimal
 
 import pytest
 
-from omniquant.topics import catalog
+from core.topics import RECORD_TOPICS
 from schemas.models import Fill, LiquiditySide, RiskCheck, RiskDecision, Side
 from sinks.clickhouse import TABLE_BY_TOPIC, create_tables, table_specs
 
 
 def test_every_record_topic_has_a_table() -> None:
-    record_topics = {t.logical_name for t in catalog() if t.value_schema is not None}
+    record_topics = {t.logical_name for t in RECORD_TOPICS if t.value_schema is not None}
     assert record_topics == set(TABLE_BY_TOPIC)
 
 
@@ -51,7 +51,7 @@ def test_row_conversion_is_exact() -> None:
 
 @pytest.mark.integration
 def test_tables_are_created_in_chdb_and_hold_exact_values(chdb_dir) -> None:
-    from omniquant.clickhouse import ChdbClickHouse
+    from core.clickhouse import ChdbClickHouse
 
     client = ChdbClickHouse(chdb_dir)
     try:

@@ -14,8 +14,8 @@ import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from omniquant.config import Settings, load_settings
-from omniquant.errors import JavaNotFoundError, StackError
+from core.config import Settings, load_settings
+from core.errors import JavaNotFoundError, StackError
 from omniquant.stack._process import pid_alive
 from omniquant.stack.kafka import LocalKafka, find_java
 from omniquant.stack.manager import LocalStack

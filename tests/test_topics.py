@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from omniquant.topics import DEAD_LETTER_APPS, TopicNames, catalog, spec
+from core.topics import RECORD_TOPICS, TopicNames, dead_letter_spec, spec
+from omniquant.stages import STAGES, topic_catalog
 
 REQUIRED = {
     "market.trades",
@@ -24,14 +25,18 @@ REQUIRED = {
 
 
 def test_catalog_has_every_required_topic_and_a_dead_letter_topic_per_consuming_app() -> None:
-    names = {t.logical_name for t in catalog()}
+    catalog = topic_catalog().specs
+    names = {t.logical_name for t in catalog}
     assert names >= REQUIRED
-    assert {f"dlq.{app}" for app in DEAD_LETTER_APPS} <= names
-    assert len(names) == len(catalog()), "duplicate topic names"
+    consuming = [s for s in STAGES if not s.is_source]
+    assert consuming and all(s.dead_letter for s in consuming)
+    assert {f"dlq.{s.dead_letter}" for s in STAGES if s.dead_letter} <= names
+    assert "dlq.feeds" in names  # vendor feeds and replay share it
+    assert len(names) == len(catalog), "duplicate topic names"
 
 
 def test_positions_and_control_are_compacted_the_rest_are_not() -> None:
-    compacted = {t.logical_name for t in catalog() if t.compacted}
+    compacted = {t.logical_name for t in topic_catalog().specs if t.compacted}
     assert compacted == {"positions", "control"}
     assert spec("control").broker_config()["cleanup.policy"] == "compact"
     assert "retention.ms" not in spec("positions").broker_config()
@@ -39,11 +44,11 @@ def test_positions_and_control_are_compacted_the_rest_are_not() -> None:
     # event-time stamped records (replays of old data) are kept by size, not by time
     trades = spec("market.trades").broker_config(retention_bytes=123)
     assert trades["retention.ms"] == "-1" and trades["retention.bytes"] == "123"
-    assert int(spec("dlq.signals").broker_config()["retention.ms"]) > 0
+    assert int(dead_letter_spec("signals").broker_config()["retention.ms"]) > 0
 
 
 def test_record_topics_name_a_value_schema_and_dead_letters_carry_raw_bytes() -> None:
-    for item in catalog():
+    for item in topic_catalog().specs:
         if item.logical_name.startswith("dlq."):
             assert item.value_schema is None
         else:
@@ -55,25 +60,30 @@ def test_prefix_gives_a_separate_namespace() -> None:
     assert live.trades == "omniquant.market.trades"
     assert backtest.trades == "bt-42.market.trades"
     assert backtest.dead_letter("risk-gate") == "bt-42.dlq.risk-gate"
-    assert {n for n, _ in live.all()}.isdisjoint({n for n, _ in backtest.all()})
+    catalog = topic_catalog()
+    assert {n for n, _ in catalog.physical(live.prefix)}.isdisjoint(
+        {n for n, _ in catalog.physical(backtest.prefix)}
+    )
 
 
-def test_unknown_topic_or_app_fails_fast() -> None:
+def test_unknown_topic_fails_fast() -> None:
     with pytest.raises(KeyError):
         TopicNames("x.").name("market.tradez")
     with pytest.raises(KeyError):
-        TopicNames("x.").dead_letter("nobody")
+        spec("dlq.signals")  # dead letters are not record topics
+    assert len(RECORD_TOPICS) == len(REQUIRED)
 
 
 @pytest.mark.integration
 def test_created_topics_carry_the_catalog_configs(settings) -> None:
     from confluent_kafka.admin import ConfigResource
 
-    from omniquant.kafka import admin_client, ensure_topics
+    from core.kafka import admin_client, ensure_topics
 
-    created = ensure_topics(settings)
+    created = ensure_topics(settings, topic_catalog())
     names = TopicNames(settings.topic_prefix)
-    assert names.trades in created and ensure_topics(settings) == []  # idempotent
+    assert names.trades in created and names.dead_letter("risk-gate") in created
+    assert ensure_topics(settings, topic_catalog()) == []  # idempotent
     admin = admin_client(settings)
     resources = [ConfigResource("topic", names.trades), ConfigResource("topic", names.positions)]
     configs = {r.name: f.result(30) for r, f in admin.describe_configs(resources).items()}

@@ -28,7 +28,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from omniquant.errors import JavaNotFoundError, StackError
+from core.errors import JavaNotFoundError, StackError
 from omniquant.stack._process import (
     cmdline,
     file_size,

@@ -14,8 +14,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from omniquant.config import Settings, mask_url
-from omniquant.errors import OmniquantError
+from core.config import Settings, mask_url
+from core.errors import OmniquantError
 from omniquant.stack.kafka import LocalKafka, kafka_answers
 from omniquant.stack.redis import LocalRedis
 
@@ -140,7 +140,7 @@ class LocalStack:
             exists = path.is_dir()
             detail = "embedded chDB" if exists else "embedded chDB; directory not created yet"
             return ServiceStatus("clickhouse", str(path), True, exists, detail)
-        from omniquant.clickhouse import ServerClickHouse
+        from core.clickhouse import ServerClickHouse
 
         address = mask_url(url.get_secret_value())
         try:

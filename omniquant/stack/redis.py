@@ -16,7 +16,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from omniquant.errors import StackError
+from core.errors import StackError
 from omniquant.stack._process import (
     cmdline,
     file_size,

@@ -1,6 +1,6 @@
 """Alpaca adapter configuration: typed, frozen, built once at start-up.
 
-Credentials come from :class:`omniquant.config.Settings` (``APCA_API_KEY_ID`` /
+Credentials come from :class:`core.config.Settings` (``APCA_API_KEY_ID`` /
 ``APCA_API_SECRET_KEY``, or their ``OMNIQUANT_FEEDS__ALPACA_*`` forms);
 :meth:`AlpacaConfig.from_settings` fails at start, naming the variables that are missing.
 The endpoint URLs are the SDK's own unless overridden (tests point them at loopback servers).
@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from omniquant.config import Settings
-from omniquant.errors import MissingCredentialError
+from core.config import Settings
+from core.errors import MissingCredentialError
 
 __all__ = ["DEFAULT_CHANNELS", "AlpacaConfig", "Channel", "DataFeed"]
 

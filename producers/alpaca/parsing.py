@@ -38,7 +38,7 @@ from typing import Any, Final, Literal
 
 import msgpack
 
-from omniquant.errors import SerdeError
+from core.errors import SerdeError
 from schemas.fixedpoint import SCALE, FixedPointError, to_fixed
 from schemas.models import (
     Bar,

@@ -1,6 +1,6 @@
 """Kite Connect (Zerodha) settings for the feed, the REST client and the postback receiver.
 
-Built from :class:`omniquant.config.Settings` with :meth:`KiteConfig.from_settings`, which
+Built from :class:`core.config.Settings` with :meth:`KiteConfig.from_settings`, which
 fails at start naming the missing environment variable(s) (``KITE_API_KEY``,
 ``KITE_ACCESS_TOKEN``, ``KITE_API_SECRET``). Secrets stay ``SecretStr``: only the code that
 puts them on the wire (the websocket URL, the REST ``Authorization`` header, the postback
@@ -13,8 +13,8 @@ from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from omniquant.config import Settings
-from omniquant.errors import MissingCredentialError
+from core.config import Settings
+from core.errors import MissingCredentialError
 
 __all__ = ["DEFAULT_REST_URL", "DEFAULT_WS_URL", "KiteConfig"]
 

@@ -78,7 +78,7 @@ from typing import Any, Final, Literal
 
 from pydantic import SecretStr, ValidationError
 
-from omniquant.errors import OmniquantError
+from core.errors import OmniquantError
 from producers.base import Malformed
 from producers.kite.instruments import InstrumentMap
 from schemas.fixedpoint import FixedPointError, to_fixed

@@ -28,7 +28,7 @@ from typing import Any, Final
 from prometheus_client import Counter
 from pydantic import SecretStr
 
-from omniquant.errors import OmniquantError
+from core.errors import OmniquantError
 from producers.kite.parsing import (
     KiteParseError,
     OrderTracker,

@@ -1,6 +1,6 @@
 """Polygon.io / Massive settings for the WebSocket feed and the REST backfill.
 
-Built from :class:`omniquant.config.Settings` with :meth:`PolygonConfig.from_settings`, which
+Built from :class:`core.config.Settings` with :meth:`PolygonConfig.from_settings`, which
 fails at start naming ``MASSIVE_API_KEY`` when no key is set. The key stays a ``SecretStr``:
 only the code that hands it to the SDK (the WebSocket ``auth`` action, the REST
 ``Authorization`` header) reveals it, and nothing here logs it.
@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from omniquant.config import Settings
-from omniquant.errors import MissingCredentialError
+from core.config import Settings
+from core.errors import MissingCredentialError
 
 __all__ = ["DEFAULT_REST_BASE_URL", "FEED_HOSTS", "Channel", "PolygonConfig"]
 

@@ -34,7 +34,7 @@ the broker or librdkafka refused, never acknowledged, or — after Ctrl-C — re
 unacknowledged messages agrees, before returning.
 
 Producing: the same librdkafka configuration as :class:`RecordProducer`
-(``omniquant.kafka.producer_config``: idempotent, acks=all, lz4, linger, murmur2 keys), but a
+(``core.kafka.producer_config``: idempotent, acks=all, lz4, linger, murmur2 keys), but a
 bare ``Producer``: RecordProducer raises at the first failed delivery, cannot count
 acknowledgements per topic, and adds per-message work (a metrics label lookup, a kwargs dict)
 on the hot path.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from omniquant.errors import OmniquantError
+from core.errors import OmniquantError
 from schemas.models import AggressorSide, Quote, Trade
 
 Kind = int

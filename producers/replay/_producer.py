@@ -13,10 +13,10 @@ from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from omniquant.config import Settings
-from omniquant.kafka import producer_config
-from omniquant.metrics import DEAD_LETTERS, MESSAGES_OUT
-from omniquant.topics import TopicNames
+from core.config import Settings
+from core.kafka import producer_config
+from core.metrics import DEAD_LETTERS, MESSAGES_OUT
+from core.topics import TopicNames
 from schemas.serde import AvroSerde
 
 from ._avro import RecordEncoder, TimestampEncoder

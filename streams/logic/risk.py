@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from omniquant.config import RiskLimits
+from core.config import RiskLimits
 from schemas.fixedpoint import INT64_MAX, from_fixed, mul, to_fixed
 from schemas.models import Decision, Fill, OrderRequest, OrderType, RiskCheck, RiskDecision, Side
 
@@ -61,7 +61,7 @@ def _fmt(raw: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RiskLimitsRaw:
-    """:class:`omniquant.config.RiskLimits` in raw fixed-point ints (all positive)."""
+    """:class:`core.config.RiskLimits` in raw fixed-point ints (all positive)."""
 
     max_order_notional: int
     max_position_per_symbol: int

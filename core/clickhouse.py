@@ -52,8 +52,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 
-from omniquant.config import Settings, mask_url
-from omniquant.errors import ClickHouseError
+from core.config import Settings, mask_url
+from core.errors import ClickHouseError
 
 __all__ = [
     "ChdbClickHouse",

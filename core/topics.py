@@ -7,7 +7,7 @@ Topics are always created explicitly with these configs; the broker's auto-creat
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 DAY_MS = 24 * 60 * 60 * 1000
@@ -46,17 +46,12 @@ class TopicSpec:
 
 _NS = "io.omniquant"
 
-# Each app that takes input gets its own dead-letter topic; "feeds" is shared by the
-# vendor feeds and the replay producer (their input is vendor frames and files).
-DEAD_LETTER_APPS: tuple[str, ...] = (
-    "feeds",
-    "signals",
-    "risk-gate",
-    "execution",
-    "sink-clickhouse",
-)
+# The dead-letter topic shared by the vendor feeds and the replay producer (their input is
+# vendor frames and files). Each stage's own dead-letter topic is declared in the stage
+# registry (omniquant.stages), which builds the full catalog with them.
+FEEDS_DEAD_LETTERS = "feeds"
 
-_CATALOG: tuple[TopicSpec, ...] = (
+RECORD_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("market.trades", "symbol", f"{_NS}.market.Trade", "Trade prints from every feed."),
     TopicSpec("market.quotes", "symbol", f"{_NS}.market.Quote", "Top-of-book quote updates."),
     TopicSpec("market.bars", "symbol", f"{_NS}.market.Bar", "OHLCV bars built on event time."),
@@ -103,29 +98,45 @@ _CATALOG: tuple[TopicSpec, ...] = (
         compacted=True,
         partitions=1,
     ),
-    *(
-        TopicSpec(
-            f"dlq.{app}",
-            "original key",
-            None,
-            f"Records the {app} app could not process: original bytes, error in headers.",
-            # dead letters are stamped when they are written: time retention is right here
-            retention_ms=30 * DAY_MS,
-        )
-        for app in DEAD_LETTER_APPS
-    ),
 )
 
 
-def catalog() -> tuple[TopicSpec, ...]:
-    return _CATALOG
+def dead_letter_spec(app: str) -> TopicSpec:
+    """The dead-letter topic of one app: original bytes, the error in headers."""
+    return TopicSpec(
+        f"dlq.{app}",
+        "original key",
+        None,
+        f"Records the {app} app could not process: original bytes, error in headers.",
+        # dead letters are stamped when they are written: time retention is right here
+        retention_ms=30 * DAY_MS,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TopicCatalog:
+    """Every topic of one deployment: the record topics plus the apps' dead letters."""
+
+    specs: tuple[TopicSpec, ...]
+
+    @classmethod
+    def with_dead_letters(cls, apps: Iterable[str]) -> TopicCatalog:
+        return cls(RECORD_TOPICS + tuple(dead_letter_spec(app) for app in apps))
+
+    def record_topics(self) -> tuple[TopicSpec, ...]:
+        return tuple(s for s in self.specs if s.value_schema is not None)
+
+    def physical(self, prefix: str) -> Iterator[tuple[str, TopicSpec]]:
+        """(physical name, spec) of every topic in the namespace ``prefix``."""
+        for item in self.specs:
+            yield f"{prefix}{item.logical_name}", item
 
 
 def spec(logical_name: str) -> TopicSpec:
-    for item in _CATALOG:
+    for item in RECORD_TOPICS:
         if item.logical_name == logical_name:
             return item
-    raise KeyError(f"no topic {logical_name!r} in the catalog")
+    raise KeyError(f"no record topic {logical_name!r} in the catalog")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +150,7 @@ class TopicNames:
         return f"{self.prefix}{logical_name}"
 
     def dead_letter(self, app: str) -> str:
-        if app not in DEAD_LETTER_APPS:
-            raise KeyError(f"no dead-letter topic for app {app!r}")
-        return f"{self.prefix}dlq.{app}"
-
-    def all(self) -> Iterator[tuple[str, TopicSpec]]:
-        for item in _CATALOG:
-            yield f"{self.prefix}{item.logical_name}", item
+        return f"{self.prefix}{dead_letter_spec(app).logical_name}"
 
     @property
     def trades(self) -> str:

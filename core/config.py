@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from omniquant.errors import ConfigError
+from core.errors import ConfigError
 
 ENV_PREFIX = "OMNIQUANT_"
 _NESTED = "__"

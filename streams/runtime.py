@@ -30,12 +30,12 @@ from quixstreams.models.serializers import (
 from quixstreams.models.serializers.exceptions import SerializationError
 from quixstreams.models.topics import Topic, TopicAdmin, TopicManager
 
-from omniquant.config import Settings
-from omniquant.errors import SerdeError, TopicError
-from omniquant.kafka import PARTITIONER, admin_client, producer_config
-from omniquant.logs import CORRELATION_HEADER
-from omniquant.metrics import DEAD_LETTERS, MESSAGES_IN, MESSAGES_OUT
-from omniquant.topics import TopicNames, spec
+from core.config import Settings
+from core.errors import SerdeError, TopicError
+from core.kafka import PARTITIONER, admin_client, producer_config
+from core.logs import CORRELATION_HEADER
+from core.metrics import DEAD_LETTERS, MESSAGES_IN, MESSAGES_OUT
+from core.topics import TopicNames, spec
 from schemas.models import MODEL_BY_AVRO_NAME, Record
 from schemas.serde import AvroSerde
 

@@ -15,9 +15,9 @@ from typing import TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from omniquant.config import Settings
-from omniquant.errors import StackError, TopicError
-from omniquant.topics import TopicNames, TopicSpec
+from core.config import Settings
+from core.errors import StackError, TopicError
+from core.topics import TopicCatalog, TopicSpec
 
 PARTITIONER = "murmur2_random"
 
@@ -88,17 +88,16 @@ class TopicState:
     exists: bool
 
 
-def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create every catalog topic that does not exist yet; return the names created.
+def ensure_topics(settings: Settings, catalog: TopicCatalog, timeout: float = 30.0) -> list[str]:
+    """Create every topic of ``catalog`` that does not exist yet; return the names created.
 
     An existing topic with fewer partitions than the catalog asks for is an error: keyed
     joins and per-symbol state depend on the partition count.
     """
-    names = TopicNames(settings.topic_prefix)
     admin = admin_client(settings)
     existing = admin.list_topics(timeout=timeout).topics
     wanted: list[tuple[str, TopicSpec, int]] = []
-    for name, item in names.all():
+    for name, item in catalog.physical(settings.topic_prefix):
         partitions = item.partitions or settings.kafka.partitions
         if name in existing:
             have = len(existing[name].partitions)
@@ -146,14 +145,15 @@ def _wait_topics_visible(admin: AdminClient, names: Iterable[str], timeout: floa
         time.sleep(0.05)
 
 
-def describe_topics(settings: Settings, timeout: float = 10.0) -> list[TopicState]:
-    names = TopicNames(settings.topic_prefix)
+def describe_topics(
+    settings: Settings, catalog: TopicCatalog, timeout: float = 10.0
+) -> list[TopicState]:
     existing = admin_client(settings).list_topics(timeout=timeout).topics
     return [
         TopicState(
             name, len(existing[name].partitions) if name in existing else 0, name in existing
         )
-        for name, _ in names.all()
+        for name, _ in catalog.physical(settings.topic_prefix)
     ]
 
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from omniquant.clickhouse import connect_clickhouse
-from omniquant.config import Settings
-from omniquant.streaming import StreamApp
+from core.clickhouse import connect_clickhouse
+from core.config import Settings
 from sinks.clickhouse import ClickHouseSink, create_tables, table_specs
+from streams.runtime import StreamApp
 
-APP_NAME = "sink-clickhouse"
 
-
-def build(settings: Settings) -> StreamApp:
+def build(settings: Settings, name: str) -> StreamApp:
+    """The app under the stage name the registry gives it (its group and dead letters)."""
     # Larger commit interval: fewer, bigger inserts (ClickHouse prefers batches).
-    stream = StreamApp(settings, APP_NAME, commit_interval=2.0)
+    stream = StreamApp(settings, name, commit_interval=2.0)
     client = connect_clickhouse(settings)
     database = settings.clickhouse.database
     create_tables(client, database)
@@ -22,5 +21,5 @@ def build(settings: Settings) -> StreamApp:
     return stream
 
 
-def run(settings: Settings) -> None:
-    build(settings).run()
+def run(settings: Settings, *, name: str) -> None:
+    build(settings, name).run()

@@ -1,0 +1,241 @@
+"""The stage registry: every pipeline stage, declared once.
+
+Each :class:`StageSpec` says what a stage is (its entry point, the topics it reads and
+writes, its consumer group and dead-letter topic, the figures the live view shows). From
+this list alone come the ``omniquant stage ...`` commands, what ``omniquant run``
+supervises, the dead-letter topics of the catalog, and the README's stage table (a test
+compares it). Adding a stage is one entry here plus its module.
+
+Entry points are dotted strings (``"streams.signals:run"``), imported only when the stage
+starts: the CLI stays quick to load and the registry imports no domain package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.metrics import MetricWrapperBase
+
+from core import metrics
+from core.config import Settings
+from core.topics import FEEDS_DEAD_LETTERS, TopicCatalog, TopicNames
+
+__all__ = [
+    "CONSUMED",
+    "PRODUCED",
+    "STAGES",
+    "LiveFigure",
+    "MetricSamples",
+    "StageOption",
+    "StageSpec",
+    "dead_letter_apps",
+    "stage",
+    "topic_catalog",
+]
+
+# (metric name, sorted label items) → value, as scraped from a stage's /metrics.
+MetricSamples = Mapping[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFigure:
+    """One number the live view shows for a stage: a metric the stage exports (the metric
+    object itself, not its name in a string), summed over the samples with ``labels``."""
+
+    label: str
+    metric: MetricWrapperBase
+    labels: tuple[tuple[str, str], ...] = ()  # only samples carrying these labels
+    money: bool = False  # shown with two decimals
+
+    @property
+    def sample_name(self) -> str:
+        family = next(iter(self.metric.describe()))
+        return f"{family.name}_total" if family.type == "counter" else family.name
+
+    def read(self, samples: MetricSamples) -> float:
+        wanted, name = set(self.labels), self.sample_name
+        return sum(
+            value
+            for (sample, labels), value in samples.items()
+            if sample == name and wanted <= set(labels)
+        )
+
+    def format(self, samples: MetricSamples) -> str:
+        value = self.read(samples)
+        return f"{self.label} {value:,.2f}" if self.money else f"{self.label} {value:,.0f}"
+
+
+@dataclass(frozen=True, slots=True)
+class StageOption:
+    """A command-line option of a stage (``omniquant stage feed --rate 50``)."""
+
+    name: str  # python parameter name; the flag is --name with '_' → '-'
+    type: type
+    default: Any
+    help: str
+    min: float | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """One pipeline stage: a process with one job, wired to the rest only by topics."""
+
+    name: str
+    entry_point: str  # "module:function", called as function(settings, name=name, **options)
+    summary: str
+    inputs: tuple[str, ...]  # logical topics it consumes (its consumer group's lag)
+    outputs: tuple[str, ...]  # logical topics it produces
+    dead_letter: str | None  # dead-letter app name: records it cannot handle → dlq.<name>
+    figures: tuple[LiveFigure, ...] = ()
+    options: tuple[StageOption, ...] = ()
+    # every record topic of the catalog (the sink): inputs are computed, not listed
+    reads_all_records: bool = False
+
+    @property
+    def is_source(self) -> bool:
+        """Produces without consuming: stopped first, its end means the run's end."""
+        return not self.inputs and not self.reads_all_records
+
+    def consumer_group(self, prefix: str) -> str | None:
+        return None if self.is_source else f"{prefix}{self.name}"
+
+    def input_topics(self, names: TopicNames) -> list[str]:
+        if self.reads_all_records:
+            return [names.prefix + s.logical_name for s in topic_catalog().record_topics()]
+        return [names.name(t) for t in self.inputs]
+
+    def load(self) -> Callable[..., Any]:
+        module, _, attr = self.entry_point.partition(":")
+        target: Callable[..., Any] = getattr(importlib.import_module(module), attr)
+        return target
+
+    def start(self, settings: Settings, **options: Any) -> Any:
+        return self.load()(settings, name=self.name, **options)
+
+
+# What every stage reports: records in and out (the supervisor's rates and summary).
+CONSUMED = LiveFigure("consumed", metrics.MESSAGES_IN)
+PRODUCED = LiveFigure("produced", metrics.MESSAGES_OUT)
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec(
+        name="feed",
+        entry_point="producers.synthetic_feed:run",
+        summary="Synthetic GBM market feed → trades topic.",
+        inputs=(),
+        outputs=("market.trades",),
+        dead_letter=FEEDS_DEAD_LETTERS,
+        figures=(LiveFigure("trades", metrics.MESSAGES_OUT),),
+        options=(
+            StageOption("symbols", str, "AAPL,MSFT,NVDA,SPY", "comma-separated symbols"),
+            StageOption("rate", float, 50.0, "trades per second, all symbols", min=0.1),
+            StageOption("ticks", int, None, "stop after N trades", min=1),
+            StageOption("seed", int, 7, "random seed (same seed, same prices)"),
+        ),
+    ),
+    StageSpec(
+        name="signals",
+        entry_point="streams.signals:run",
+        summary="Quix app: trades → event-time bars → SMA crossover → signals, order requests.",
+        inputs=("market.trades",),
+        outputs=("signals", "orders.requests"),
+        dead_letter="signals",
+        figures=(LiveFigure("late trades", metrics.LATE_TRADES),),
+    ),
+    StageSpec(
+        name="risk-gate",
+        entry_point="streams.risk_gate:run",
+        summary="Quix app: order requests → risk decisions, approved orders.",
+        inputs=("orders.requests",),
+        outputs=("risk.decisions", "orders.approved"),
+        dead_letter="risk-gate",
+        figures=(
+            LiveFigure("approved", metrics.RISK_DECISIONS, (("decision", "APPROVED"),)),
+            LiveFigure("rejected", metrics.RISK_DECISIONS, (("decision", "REJECTED"),)),
+        ),
+    ),
+    StageSpec(
+        name="execution",
+        entry_point="streams.execution:run",
+        summary="Quix app: approved orders → paper fills, execution reports, positions.",
+        inputs=("orders.approved", "market.trades"),
+        outputs=("execution.reports", "fills", "positions"),
+        dead_letter="execution",
+        figures=(
+            LiveFigure("fills", metrics.FILLS),
+            LiveFigure("PnL", metrics.PNL, money=True),
+        ),
+    ),
+    StageSpec(
+        name="sink-clickhouse",
+        entry_point="streams.sink_clickhouse:run",
+        summary="Quix app: every record topic → its ClickHouse table.",
+        inputs=(),
+        outputs=(),
+        dead_letter="sink-clickhouse",
+        figures=(LiveFigure("rows", metrics.SINK_ROWS),),
+        reads_all_records=True,
+    ),
+)
+
+
+def stage(name: str) -> StageSpec:
+    for item in STAGES:
+        if item.name == name:
+            return item
+    raise KeyError(f"no stage {name!r}; stages: {', '.join(s.name for s in STAGES)}")
+
+
+def dead_letter_apps(stages: Iterable[StageSpec] = STAGES) -> tuple[str, ...]:
+    """Every dead-letter app name, in registry order, each once."""
+    apps: list[str] = [FEEDS_DEAD_LETTERS]
+    for item in stages:
+        if item.dead_letter and item.dead_letter not in apps:
+            apps.append(item.dead_letter)
+    return tuple(apps)
+
+
+def topic_catalog() -> TopicCatalog:
+    """The full catalog: every record topic plus each registered stage's dead letters."""
+    return TopicCatalog.with_dead_letters(dead_letter_apps())
+
+
+def stage_table_markdown(stages: Iterable[StageSpec] = STAGES) -> str:
+    """The README's stage table (``make docs`` writes it; a test checks it is current)."""
+
+    def topics(names: Iterable[str]) -> str:
+        return ", ".join(f"`{n}`" for n in names) or "—"
+
+    rows = [
+        "| stage | command | reads | writes | dead letters |",
+        "|---|---|---|---|---|",
+    ]
+    for item in stages:
+        reads = "every record topic" if item.reads_all_records else topics(item.inputs)
+        writes = topics(item.outputs) if item.outputs else "tables in ClickHouse"
+        dead = f"`dlq.{item.dead_letter}`" if item.dead_letter else "—"
+        rows.append(
+            f"| {item.name} | `omniquant stage {item.name}` | {reads} | {writes} | {dead} |"
+        )
+    return "\n".join(rows)
+
+
+README_BEGIN = "<!-- stage table: generated from omniquant/stages.py by `make docs` -->"
+README_END = "<!-- end of stage table -->"
+
+
+def render_readme(text: str) -> str:
+    """``text`` with its stage table replaced by the registry's."""
+    head, sep, rest = text.partition(README_BEGIN)
+    _, sep2, tail = rest.partition(README_END)
+    if not sep or not sep2:
+        raise ValueError("README has no generated stage table markers")
+    return f"{head}{README_BEGIN}\n{stage_table_markdown()}\n{README_END}{tail}"
+
