@@ -5,6 +5,11 @@ co-partitioned): the last trade at or before the order's timestamp. Replaying th
 gives the same fills. An order with no trade before it is rejected with that reason.
 Each order yields execution reports (NEW, then FILL or REJECTED), a fill, and the updated
 position of its account and symbol (exact average-cost PnL in Quix state).
+
+State is keyed by (account, symbol): Quix scopes state to the message key, which must stay
+the symbol for the as-of join with trades (co-partitioned by symbol); within a symbol's
+scope each account has its own ledger under ``ledger:<account>``. One account's fills never
+touch another's position.
 """
 
 from __future__ import annotations
@@ -31,8 +36,14 @@ VENUE = "PAPER"
 JOIN_GRACE_MS = 5 * 60 * 1000
 
 
+def ledger_key(account: str) -> str:
+    """The state key of one account's ledger inside the symbol's state scope."""
+    return f"ledger:{account}"
+
+
 class PaperExecution:
-    """Fills each order in full at the as-of trade price; keeps positions per symbol."""
+    """Fills each order in full at the as-of trade price; keeps positions per account and
+    symbol."""
 
     def __init__(self) -> None:
         # Process-wide PnL for the metrics gauge: (account, symbol) → (realized, unrealized).
@@ -101,7 +112,8 @@ class PaperExecution:
             ts_event=fill_ts,
             ts_init=ts_init,
         )
-        snapshot = state.get("ledger")
+        key = ledger_key(order.account)
+        snapshot = state.get(key)
         ledger = (
             PositionLedger.restore(snapshot)
             if snapshot is not None
@@ -109,7 +121,7 @@ class PaperExecution:
         )
         position = ledger.apply_fill(fill)
         position = ledger.mark(price, fill_ts)
-        state.set("ledger", ledger.snapshot())
+        state.set(key, ledger.snapshot())
         FILLS.labels(VENUE).inc()
         self._pnl[(order.account, order.symbol)] = (position.realized_pnl, position.unrealized_pnl)
         PNL.labels("realized").set(float(from_fixed(sum(r for r, _ in self._pnl.values()))))
