@@ -238,4 +238,3 @@ def render_readme(text: str) -> str:
     if not sep or not sep2:
         raise ValueError("README has no generated stage table markers")
     return f"{head}{README_BEGIN}\n{stage_table_markdown()}\n{README_END}{tail}"
-

@@ -14,8 +14,9 @@ from confluent_kafka import Consumer, Producer
 
 from core.config import load_settings
 from core.kafka import LagProbe, ensure_topics
+from core.metrics import DEAD_LETTERS
 from core.topics import TopicNames
-from omniquant.stages import topic_catalog
+from omniquant.stages import CONSUMED, LiveFigure, topic_catalog
 from omniquant.supervisor import free_port, scrape
 from schemas.models import Trade
 from schemas.serde import AvroSerde
@@ -118,8 +119,8 @@ def test_malformed_trades_go_to_dead_letter_topic_and_signals_app_keeps_running(
             probe.close()
         assert app.poll() is None, "the signals app must keep running"
         metrics = _wait_for(lambda: scrape(port), 10, "metrics endpoint")
-        assert metrics["omniquant_dead_letters_total"] == 2
-        assert metrics["omniquant_messages_in_total"] == 1
+        assert LiveFigure("dead letters", DEAD_LETTERS).read(metrics) == 2
+        assert CONSUMED.read(metrics) == 1
     finally:
         app.terminate()
         try:
