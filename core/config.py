@@ -204,6 +204,31 @@ class StrategySettings(_Section):
         return self
 
 
+class PortfolioSettings(_Section):
+    """The portfolio stage: positions per account from fills, marked on trades."""
+
+    starting_cash: Decimal = Field(
+        default=Decimal("1000000"), ge=0, description="cash of an account not listed below"
+    )
+    account_cash: dict[str, Decimal] = Field(
+        default_factory=dict,
+        description='starting cash per account, JSON: {"paper": "250000", "desk-2": "1e6"}',
+    )
+    mark_interval_ms: int = Field(
+        default=1000, ge=0, description="publish marks at most once per this much event time"
+    )
+
+    @model_validator(mode="after")
+    def _cash_not_negative(self) -> PortfolioSettings:
+        for account, cash in self.account_cash.items():
+            if cash < 0 or not account:
+                raise ValueError(f"account_cash: {account!r} needs a name and cash >= 0")
+        return self
+
+    def cash_of(self, account: str) -> Decimal:
+        return self.account_cash.get(account, self.starting_cash)
+
+
 class Settings(BaseSettings):
     """All settings. Build with :func:`load_settings` to get a ConfigError on bad input."""
 
@@ -223,6 +248,7 @@ class Settings(BaseSettings):
     feeds: FeedCredentials = FeedCredentials()
     stack: StackSettings = StackSettings()
     strategy: StrategySettings = StrategySettings()
+    portfolio: PortfolioSettings = PortfolioSettings()
     topic_prefix: str = Field(
         default="omniquant.",
         description="prepended to every topic name (a backtest runs in its own namespace)",

@@ -19,7 +19,6 @@ DEAD_LETTERS = Counter(
 )
 RISK_DECISIONS = Counter("omniquant_risk_decisions_total", "Pre-trade risk decisions", ["decision"])
 FILLS = Counter("omniquant_fills_total", "Fills produced by the execution consumer", ["venue"])
-PNL = Gauge("omniquant_pnl", "Portfolio PnL in account currency", ["kind"])
 SINK_ROWS = Counter("omniquant_sink_rows_total", "Rows written to ClickHouse", ["table"])
 LATE_TRADES = Counter(
     "omniquant_late_trades_total", "Trades older than the current bar, ignored by signals", []
@@ -55,4 +54,13 @@ MARKET_DATA_STALE = Gauge(
 )
 MARKET_DATA_RECONNECTS = Counter(
     "market_data_reconnects_total", "Reconnect attempts after a dropped feed", ["source"]
+)
+
+
+# ---- portfolio and risk (labelled by account) ------------------------------------------
+PORTFOLIO_EQUITY = Gauge(
+    "trading_portfolio_equity", "Account equity: cash + marked positions", ["account"]
+)
+POSITION_VALUE = Gauge(
+    "trading_position_value", "Marked value of a position (signed)", ["account", "symbol"]
 )

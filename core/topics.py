@@ -55,6 +55,12 @@ RECORD_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("market.trades", "symbol", f"{_NS}.market.Trade", "Trade prints from every feed."),
     TopicSpec("market.quotes", "symbol", f"{_NS}.market.Quote", "Top-of-book quote updates."),
     TopicSpec("market.bars", "symbol", f"{_NS}.market.Bar", "OHLCV bars built on event time."),
+    TopicSpec(
+        "market.trades.late",
+        "symbol",
+        f"{_NS}.market.Trade",
+        "Trades that arrived after their bar had closed (grace included): kept, not dropped.",
+    ),
     TopicSpec("signals", "symbol", f"{_NS}.strategy.Signal", "Strategy signals."),
     TopicSpec(
         "orders.requests",
@@ -87,6 +93,12 @@ RECORD_TOPICS: tuple[TopicSpec, ...] = (
         f"{_NS}.portfolio.Position",
         "Latest position per account and symbol (compacted).",
         compacted=True,
+    ),
+    TopicSpec(
+        "portfolio",
+        "account",
+        f"{_NS}.portfolio.PortfolioSnapshot",
+        "Each account's portfolio marked to market: equity, cash, exposures, leverage.",
     ),
     TopicSpec("risk.metrics", "scope", f"{_NS}.risk.RiskMetric", "VaR, drawdown, exposure, PnL."),
     TopicSpec("alerts", "source", f"{_NS}.ops.Alert", "Operational and risk alerts."),

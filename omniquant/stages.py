@@ -164,14 +164,20 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         name="execution",
         entry_point="streams.execution:run",
-        summary="Quix app: approved orders → paper fills, execution reports, positions.",
+        summary="Quix app: approved orders → paper fills and execution reports.",
         inputs=("orders.approved", "market.trades"),
-        outputs=("execution.reports", "fills", "positions"),
+        outputs=("execution.reports", "fills"),
         dead_letter="execution",
-        figures=(
-            LiveFigure("fills", metrics.FILLS),
-            LiveFigure("PnL", metrics.PNL, money=True),
-        ),
+        figures=(LiveFigure("fills", metrics.FILLS),),
+    ),
+    StageSpec(
+        name="portfolio",
+        entry_point="streams.portfolio:run",
+        summary="Quix app: fills + trades → positions marked to market, account portfolios.",
+        inputs=("fills", "market.trades"),
+        outputs=("positions", "portfolio"),
+        dead_letter="portfolio",
+        figures=(LiveFigure("equity", metrics.PORTFOLIO_EQUITY, money=True),),
     ),
     StageSpec(
         name="sink-clickhouse",

@@ -276,6 +276,24 @@ class Position(Record):
     ts_init: TimestampNs
 
 
+class PortfolioSnapshot(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.portfolio.PortfolioSnapshot"
+    account: str
+    starting_cash: FixedPoint
+    cash: FixedPoint
+    equity: FixedPoint
+    realized_pnl: FixedPoint
+    unrealized_pnl: FixedPoint
+    gross_exposure: FixedPoint
+    net_exposure: FixedPoint
+    leverage: FixedPoint  # ratio at scale 1e-9
+    largest_concentration: FixedPoint  # ratio at scale 1e-9
+    largest_symbol: str | None = None
+    open_positions: int = Field(ge=0, le=2**63 - 1)  # Avro long
+    ts_event: TimestampNs
+    ts_init: TimestampNs
+
+
 class RiskMetric(Record):
     AVRO_NAME: ClassVar[str] = "io.omniquant.risk.RiskMetric"
     metric: str  # e.g. VAR_95_1D, DRAWDOWN, GROSS_EXPOSURE, PNL
@@ -323,6 +341,7 @@ VALUE_MODELS: tuple[type[Record], ...] = (
     ExecutionReport,
     Fill,
     Position,
+    PortfolioSnapshot,
     RiskMetric,
     Alert,
     Control,

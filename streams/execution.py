@@ -3,24 +3,17 @@
 The price is found by an event-time as-of join with the trades topic (both keyed by symbol,
 co-partitioned): the last trade at or before the order's timestamp. Replaying the topics
 gives the same fills. An order with no trade before it is rejected with that reason.
-Each order yields execution reports (NEW, then FILL or REJECTED), a fill, and the updated
-position of its account and symbol (exact average-cost PnL in Quix state).
-
-State is keyed by (account, symbol): Quix scopes state to the message key, which must stay
-the symbol for the as-of join with trades (co-partitioned by symbol); within a symbol's
-scope each account has its own ledger under ``ledger:<account>``. One account's fills never
-touch another's position.
+Each order yields execution reports (NEW, then FILL or REJECTED) and a fill. Positions are
+not kept here: the portfolio stage books every fill on ``fills`` (this venue's and any other
+producer's) per account and symbol.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from quixstreams import State
-
 from core.config import Settings
-from core.metrics import FILLS, PNL
-from schemas.fixedpoint import from_fixed
+from core.metrics import FILLS
 from schemas.models import (
     ExecType,
     ExecutionReport,
@@ -29,27 +22,16 @@ from schemas.models import (
     OrderRequest,
     OrderStatus,
 )
-from streams.logic.positions import PositionLedger
 from streams.runtime import StreamApp, correlation_headers, now_ns
 
 VENUE = "PAPER"
 JOIN_GRACE_MS = 5 * 60 * 1000
 
 
-def ledger_key(account: str) -> str:
-    """The state key of one account's ledger inside the symbol's state scope."""
-    return f"ledger:{account}"
-
-
 class PaperExecution:
-    """Fills each order in full at the as-of trade price; keeps positions per account and
-    symbol."""
+    """Fills each order in full at the as-of trade price."""
 
-    def __init__(self) -> None:
-        # Process-wide PnL for the metrics gauge: (account, symbol) → (realized, unrealized).
-        self._pnl: dict[tuple[str, str], tuple[int, int]] = {}
-
-    def on_order(self, joined: dict[str, Any], state: State[str, Any]) -> dict[str, Any]:
+    def on_order(self, joined: dict[str, Any]) -> dict[str, Any]:
         order = OrderRequest.model_validate(joined["order"])
         trade = joined["trade"]
         ts_init = now_ns()
@@ -83,7 +65,7 @@ class PaperExecution:
                 OrderStatus.REJECTED,
                 reason=f"no trade price for {order.symbol} at or before the order time",
             )
-            return {"reports": [rejected.model_dump()], "fill": None, "position": None}
+            return {"reports": [rejected.model_dump()], "fill": None}
         price = int(trade["price"])
         fill_ts = max(order.ts_event, int(trade["ts_event"]))
         accepted = report("N", ExecType.NEW, OrderStatus.NEW, leaves_quantity=order.quantity)
@@ -112,24 +94,10 @@ class PaperExecution:
             ts_event=fill_ts,
             ts_init=ts_init,
         )
-        key = ledger_key(order.account)
-        snapshot = state.get(key)
-        ledger = (
-            PositionLedger.restore(snapshot)
-            if snapshot is not None
-            else PositionLedger(account=order.account, symbol=order.symbol)
-        )
-        position = ledger.apply_fill(fill)
-        position = ledger.mark(price, fill_ts)
-        state.set(key, ledger.snapshot())
         FILLS.labels(VENUE).inc()
-        self._pnl[(order.account, order.symbol)] = (position.realized_pnl, position.unrealized_pnl)
-        PNL.labels("realized").set(float(from_fixed(sum(r for r, _ in self._pnl.values()))))
-        PNL.labels("unrealized").set(float(from_fixed(sum(u for _, u in self._pnl.values()))))
         return {
             "reports": [accepted.model_dump(), filled.model_dump()],
             "fill": fill.model_dump(),
-            "position": position.model_dump(),
         }
 
 
@@ -148,7 +116,7 @@ def build(settings: Settings, name: str) -> StreamApp:
         lambda t: {"price": t["price"], "ts_event": t["ts_event"]}
     )
     joined = orders.join_asof(trades, how="left", on_merge=_join, grace_ms=JOIN_GRACE_MS)
-    outputs = joined.apply(execution.on_order, stateful=True)
+    outputs = joined.apply(execution.on_order)
 
     reports = outputs.apply(lambda out: out["reports"], expand=True)
     reports = reports.set_headers(correlation_headers("client_order_id"))
@@ -158,12 +126,6 @@ def build(settings: Settings, name: str) -> StreamApp:
     fills = fills.set_headers(correlation_headers("client_order_id"))
     fills.to_topic(stream.topic("fills"))
 
-    positions = outputs.filter(lambda out: out["position"] is not None).apply(
-        lambda out: out["position"]
-    )
-    positions.to_topic(
-        stream.topic("positions"), key=lambda pos: f"{pos['account']}|{pos['symbol']}"
-    )
     return stream
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer
@@ -27,6 +29,33 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.
                 out.append(msg)
             elif len(out) >= expected:
                 break
+    finally:
+        consumer.close()
+    return out
+
+
+def read_until(
+    bootstrap: str, topic: str, done: Callable[[list[Any]], bool], timeout_s: float = 60.0
+) -> list[Any]:
+    """Every message of ``topic`` from the start until ``done(messages)`` holds (checked
+    after each message), or the timeout; the caller asserts on what it got."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.3)
+            if msg is not None and msg.error() is None:
+                out.append(msg)
+                if done(out):
+                    break
     finally:
         consumer.close()
     return out

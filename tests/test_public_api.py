@@ -41,6 +41,7 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
         "OrderRequest",
         "OrderStatus",
         "OrderType",
+        "PortfolioSnapshot",
         "Position",
         "Quote",
         "Record",

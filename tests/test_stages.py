@@ -148,7 +148,8 @@ def test_a_figure_sums_only_the_samples_with_its_labels() -> None:
         ("omniquant_fills_total", (("venue", "PAPER"),)): 100.0,
     }
     assert figure.read(samples) == 4.0
-    assert LiveFigure("PnL", metrics.PNL).sample_name == "omniquant_pnl"  # a gauge: no _total
+    # a gauge has no _total suffix
+    assert LiveFigure("equity", metrics.PORTFOLIO_EQUITY).sample_name == "trading_portfolio_equity"
 
 
 def test_source_produced_count_is_the_exact_override_when_set(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Execution keeps one position per (account, symbol): two accounts on one symbol stay apart."""
+"""The portfolio stage keeps one position per (account, symbol) and one book per account:
+two accounts trading one symbol stay apart, from approved orders through execution's fills."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kafka_read import read_topic
+from kafka_read import read_until
 
 from core.config import load_settings
 from core.kafka import end_offsets, ensure_topics
@@ -17,7 +18,7 @@ from core.topics import TopicNames
 from omniquant.stages import topic_catalog
 from producers.kafka_producer import RecordProducer
 from schemas.fixedpoint import to_fixed
-from schemas.models import OrderRequest, Position, Side, Trade
+from schemas.models import OrderRequest, PortfolioSnapshot, Position, Side, Trade
 from schemas.serde import AvroSerde
 
 pytestmark = pytest.mark.integration
@@ -49,6 +50,21 @@ def _order(coid: str, account: str, side: Side, qty: int, ts: int) -> OrderReque
         ts_event=ts,
         ts_init=ts,
     )
+
+
+_SERDE = AvroSerde()
+
+
+def _final(messages: list, field: str, done: dict[str, int]) -> bool:
+    """The latest record per key has ``field`` as in ``done``: every fill has been booked."""
+    latest = {m.key().decode(): getattr(_SERDE.decode(m.value()), field) for m in messages}
+    return all(latest.get(k) == v for k, v in done.items())
+
+
+START = to_fixed(1_000_000)  # the default starting cash
+_POSITIONS_DONE = {"alice|SPY": to_fixed(200), "bob|SPY": to_fixed(-30)}
+# (equity alone is no sign: 100 @ 100 marked at 110 has alice's final equity too)
+_GROSS_DONE = {"alice": to_fixed(22_000), "bob": to_fixed(3_300)}
 
 
 def test_two_accounts_trading_one_symbol_keep_separate_positions(
@@ -85,22 +101,39 @@ def test_two_accounts_trading_one_symbol_keep_separate_positions(
         OMNIQUANT_TOPIC_PREFIX=prefix,
         OMNIQUANT_STATE_DIR=str(tmp_path),
     )
-    app = subprocess.Popen(
-        [sys.executable, "-m", "omniquant.cli", "stage", "execution"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    apps = [
+        subprocess.Popen(
+            [sys.executable, "-m", "omniquant.cli", "stage", stage],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for stage in ("execution", "portfolio")
+    ]
     try:
-        messages = read_topic(kafka_bootstrap, names.positions, expected=4, timeout_s=90)
-        assert app.poll() is None, "execution must keep running"
+        messages = read_until(
+            kafka_bootstrap,
+            names.positions,
+            lambda ms: _final(ms, "quantity", _POSITIONS_DONE),
+            120,
+        )
+        books = read_until(
+            kafka_bootstrap,
+            names.name("portfolio"),
+            lambda ms: _final(ms, "gross_exposure", _GROSS_DONE),
+            60,
+        )
+        assert all(app.poll() is None for app in apps), "stages must keep running"
     finally:
-        app.terminate()
-        out, _ = app.communicate(timeout=30)
+        outs = []
+        for app in apps:
+            app.terminate()
+            outs.append(app.communicate(timeout=30)[0].decode(errors="replace"))
     serde = AvroSerde()
     positions = [serde.decode_as(m.value(), Position, topic=names.positions) for m in messages]
     keys = [m.key().decode() for m in messages]
-    assert len(positions) == 4, out.decode(errors="replace")[-3000:]
+    # one record per fill, plus marks when the 110 trade is seen after a fill
+    assert len(positions) >= 4, outs[1][-3000:]
     latest = {k: p for k, p in zip(keys, positions, strict=True)}
     assert set(latest) == {"alice|SPY", "bob|SPY"}
 
@@ -117,5 +150,24 @@ def test_two_accounts_trading_one_symbol_keep_separate_positions(
     assert (bob.account, bob.quantity, bob.avg_price) == ("bob", to_fixed(-30), to_fixed(100))
     assert bob.realized_pnl == to_fixed(-200)
     assert bob.unrealized_pnl == to_fixed(-30 * (110 - 100))
-    # nothing went to the dead-letter topic (the old symbol-keyed ledger refused bob's order)
-    assert sum(end_offsets(settings, names.dead_letter("execution")).values()) == 0
+    # nothing went to a dead-letter topic (a symbol-keyed ledger refused bob's order)
+    for stage in ("execution", "portfolio"):
+        assert sum(end_offsets(settings, names.dead_letter(stage)).values()) == 0
+
+    snapshots = [
+        serde.decode_as(m.value(), PortfolioSnapshot, topic=names.name("portfolio")) for m in books
+    ]
+    book = {s.account: s for s in snapshots}  # the latest per account
+    start = START
+    alice_book, bob_book = book["alice"], book["bob"]
+    # alice paid 100×100 + 100×110, holds 200 worth 22,000 at 110
+    assert alice_book.cash == start - to_fixed(100 * 100 + 100 * 110)
+    assert alice_book.net_exposure == alice_book.gross_exposure == to_fixed(22_000)
+    assert alice_book.equity == start + to_fixed(1_000)
+    # bob sold 50×100 short, bought 20×110 back, is short 30 worth -3,300
+    assert bob_book.cash == start + to_fixed(50 * 100 - 20 * 110)
+    assert bob_book.net_exposure == to_fixed(-3_300) and bob_book.gross_exposure == to_fixed(3_300)
+    assert bob_book.equity == start + to_fixed(-200 - 300)
+    for snap in (alice_book, bob_book):
+        assert snap.equity == snap.cash + snap.net_exposure
+        assert snap.open_positions == 1 and snap.largest_symbol == "SPY"

@@ -1,0 +1,132 @@
+"""Portfolio app: fills (from any producer) + trades → positions and per-account portfolios.
+
+Re-keying, and why this design
+    Fills and trades are keyed by symbol; equity, exposure and leverage are per account.
+    Marking needs every trade of a held symbol next to the positions in it, and the
+    account book needs every position of the account. So the app runs in two keyed steps:
+
+    1. **Symbol scope** (message key = symbol). Fills and trades of a symbol are co-
+       partitioned (same key, same partitioner, same partition count), so one state scope
+       per symbol sees both, in event-time order (Quix aligns the two topics by
+       timestamp). It holds one exact average-cost ledger per account that traded the
+       symbol (:class:`~streams.logic.portfolio.SymbolBook`) and marks them on trades. It
+       publishes each changed position on ``positions`` (compacted, key ``account|symbol``).
+    2. **Account scope**: the same position records go through a repartition topic keyed
+       by account (Quix ``group_by``, created and named by Quix as
+       ``repartition__...--account``), so one state scope per account holds the latest
+       position of each of its symbols (:class:`~streams.logic.portfolio.AccountBook`) and
+       publishes the account's snapshot on ``portfolio`` (key account).
+
+    Broadcasting prices to every account instead would need each account to see every
+    symbol's trades; re-keying the (far fewer) position changes moves only what changed.
+    Positions are published on a fill and at most once per ``mark_interval_ms`` of event
+    time per symbol (the first trade of each interval), so the repartition traffic is
+    bounded by held symbols × intervals, not by ticks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quixstreams import State
+
+from core.config import Settings
+from core.metrics import PORTFOLIO_EQUITY, POSITION_VALUE
+from schemas.fixedpoint import from_fixed, to_fixed
+from schemas.models import Fill, PortfolioSnapshot, Position
+from streams.logic.portfolio import AccountBook, MarkSchedule, SymbolBook, next_interval
+from streams.runtime import StreamApp, now_ns
+
+_BOOK = "book"
+_SCHEDULE = "marks"
+
+
+class SymbolPositions:
+    """Symbol scope: fills and trades of one symbol → changed positions (as dicts)."""
+
+    def __init__(self, mark_interval_ms: int) -> None:
+        self.interval_ns = mark_interval_ms * 1_000_000
+
+    def on_record(self, value: dict[str, Any], state: State[str, Any]) -> list[dict[str, Any]]:
+        if "fill_id" in value:
+            return self._on_fill(Fill.model_validate(value), state)
+        return self._on_trade(int(value["price"]), int(value["ts_event"]), state)
+
+    def _on_fill(self, fill: Fill, state: State[str, Any]) -> list[dict[str, Any]]:
+        stored = state.get(_BOOK)
+        book = SymbolBook.restore(stored) if stored is not None else SymbolBook(fill.symbol)
+        raw = state.get(_SCHEDULE)
+        schedule = MarkSchedule.from_list(raw) if raw is not None else None
+        position = book.on_fill(fill, schedule, ts_init=now_ns())
+        state.set(_BOOK, book.snapshot())
+        if schedule is None:  # from now on this symbol's trades mark the book
+            due = next_interval(fill.ts_event, self.interval_ns)
+            state.set(_SCHEDULE, MarkSchedule(fill.price, fill.ts_event, due).to_list())
+        return [position.model_dump()]
+
+    def _on_trade(self, price: int, ts: int, state: State[str, Any]) -> list[dict[str, Any]]:
+        raw = state.get(_SCHEDULE)
+        if raw is None:  # nobody holds this symbol: the trade touches nothing else
+            return []
+        schedule, due = MarkSchedule.from_list(raw).on_trade(price, ts, self.interval_ns)
+        if not due:
+            state.set(_SCHEDULE, schedule.to_list())
+            return []
+        stored = state.get(_BOOK)
+        if stored is None:  # a schedule is only ever set together with a book
+            raise RuntimeError("portfolio state has a mark schedule but no book")
+        book = SymbolBook.restore(stored)
+        positions = book.mark(price, ts, ts_init=now_ns())
+        state.set(_BOOK, book.snapshot())
+        if book.held:
+            state.set(_SCHEDULE, schedule.to_list())
+        else:  # every account is flat: stop marking until the next fill
+            state.delete(_SCHEDULE)
+        return [p.model_dump() for p in positions]
+
+
+class AccountPortfolios:
+    """Account scope: positions of one account → its portfolio snapshot."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.portfolio = settings.portfolio
+
+    def on_position(self, value: dict[str, Any], state: State[str, Any]) -> dict[str, Any]:
+        position = Position.model_validate(value)
+        stored = state.get(_BOOK)
+        book = (
+            AccountBook.restore(stored)
+            if stored is not None
+            else AccountBook(position.account, to_fixed(self.portfolio.cash_of(position.account)))
+        )
+        snapshot: PortfolioSnapshot = book.on_position(position, ts_init=now_ns())
+        state.set(_BOOK, book.snapshot())
+        holding = book.holding(position.symbol)
+        if holding is not None:
+            POSITION_VALUE.labels(position.account, position.symbol).set(
+                float(from_fixed(holding.value))
+            )
+        PORTFOLIO_EQUITY.labels(position.account).set(float(from_fixed(snapshot.equity)))
+        return snapshot.model_dump()
+
+
+def _position_key(position: dict[str, Any]) -> str:
+    return f"{position['account']}|{position['symbol']}"
+
+
+def build(settings: Settings, name: str) -> StreamApp:
+    """The app under the stage name the registry gives it (its group and dead letters)."""
+    stream = StreamApp(settings, name)
+    symbols = SymbolPositions(settings.portfolio.mark_interval_ms)
+    accounts = AccountPortfolios(settings)
+    records = stream.dataframe("fills").concat(stream.dataframe("market.trades"))
+    positions = records.apply(symbols.on_record, stateful=True, expand=True)
+    positions = positions.to_topic(stream.topic("positions"), key=_position_key)
+    by_account = positions.group_by(lambda p: p["account"], name="account")
+    portfolios = by_account.apply(accounts.on_position, stateful=True)
+    portfolios.to_topic(stream.topic("portfolio"))
+    return stream
+
+
+def run(settings: Settings, *, name: str) -> None:
+    build(settings, name).run()
