@@ -3,7 +3,9 @@
 A feed speaks its vendor's protocol and yields OUR records only (Trade, Quote, Bar,
 ExecutionReport, Fill) — vendor SDK types never leave the venue's package. A frame the
 feed cannot parse is yielded as :class:`Malformed` with the raw bytes, never raised: the
-runner sends it to the dead-letter topic and the feed carries on.
+runner sends it to the dead-letter topic and the feed carries on. A venue's parsing raises
+:class:`~core.errors.FeedParseError` (one error for every venue, with a machine-readable
+``reason``); :meth:`Malformed.from_error` carries that reason and message over.
 
 Lifecycle (all async; a runner drives it, see :mod:`producers.runner`)::
 
@@ -23,7 +25,7 @@ import abc
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from core.errors import OmniquantError
+from core.errors import FeedParseError, OmniquantError
 from schemas.models import Bar, ExecutionReport, Fill, Quote, Trade
 
 
@@ -41,9 +43,17 @@ class Malformed:
 
     source: str
     raw: bytes
-    reason: str  # short machine-friendly label: "bad_json", "unknown_event", "bad_packet", ...
+    reason: str  # short snake_case label: FeedParseError's reasons, "unknown_instrument", ...
     error: str  # human-readable detail
     received_ns: int
+
+    @classmethod
+    def from_error(
+        cls, source: str, raw: bytes, error: FeedParseError, received_ns: int, *, where: str = ""
+    ) -> Malformed:
+        """The dead letter of a parse error: its reason, its message (after ``where``)."""
+        detail = f"{where}: {error}" if where else str(error)
+        return cls(source, raw, error.reason, detail, received_ns)
 
 
 FeedEvent = Trade | Quote | Bar | ExecutionReport | Fill | Malformed
