@@ -23,16 +23,15 @@ from pydantic import SecretStr
 from websockets.asyncio.server import ServerConnection, serve
 
 from core.config import load_settings
-from core.errors import MissingCredentialError
+from core.errors import FeedParseError, MissingCredentialError
 from producers.alpaca import AlpacaConfig, AlpacaStockFeed, AlpacaTradeUpdates
 from producers.alpaca.parsing import (
     EXCHANGE_MIC,
-    MessageParseError,
     StreamControl,
     decode_market_frame,
     decode_trading_frame,
     exchange_venue,
-    parse_decimal,
+    loads_msgpack,
     parse_market_message,
     parse_timestamp_ns,
     parse_trade_update,
@@ -98,8 +97,9 @@ def sdk_messages(root: Path) -> list[dict[str, Any]]:
 
 
 def via_msgpack(message: Any) -> Any:
-    """What the client sees after the server msgpack-encodes ``message``."""
-    return msgpack.unpackb(msgpack.packb(message))
+    """What the feed reads after the server msgpack-encodes ``message`` (its doubles as
+    the decimals they were written from)."""
+    return loads_msgpack(msgpack.packb(message))
 
 
 def docs_fill(root: Path) -> dict[str, Any]:
@@ -154,23 +154,30 @@ def test_msgpack_timestamp_keeps_nanoseconds_of_a_real_date() -> None:
     ["2021-02-22 15:51:44", "2021-02-30T00:00:00Z", "2021-02-22T15:51:44.1234567891Z", 1.5, None],
 )
 def test_unusable_timestamp_is_a_parse_error(bad: Any) -> None:
-    with pytest.raises(MessageParseError) as err:
+    with pytest.raises(FeedParseError) as err:
         parse_timestamp_ns(bad)
     assert err.value.reason == "bad_timestamp"
 
 
 def test_msgpack_float_price_is_the_decimal_the_vendor_wrote() -> None:
     assert Decimal.from_float(177.79) != Decimal("177.79")  # the binary double is not 177.79 ...
-    assert parse_decimal(via_msgpack(177.79), "p") == Decimal("177.79")  # ... the price is
-    assert parse_decimal("105.8988475", "price") == Decimal("105.8988475")
-    assert parse_decimal(1, "qty") == Decimal(1)
+    (message,) = decode_market_frame(msgpack.packb([{"p": 177.79, "s": 1, "l": [0.1]}]))
+    assert message == {"p": Decimal("177.79"), "s": 1, "l": [Decimal("0.1")]}  # ... the price is
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), "abc", "NaN", True, [1]])
-def test_non_numbers_are_parse_errors(bad: Any) -> None:
-    with pytest.raises(MessageParseError) as err:
-        parse_decimal(bad, "p")
-    assert err.value.reason == "bad_number"
+def test_non_numbers_are_parse_errors(shared_data: Path, bad: Any) -> None:
+    message = via_msgpack({**sdk_messages(shared_data)[1], "p": bad})
+    with pytest.raises(FeedParseError, match="'p'") as err:
+        parse_one(message)
+    assert err.value.reason == "bad_decimal"
+
+
+def test_a_float_that_bypassed_the_decoder_is_refused(shared_data: Path) -> None:
+    message = {**via_msgpack(sdk_messages(shared_data)[1]), "p": 177.79}
+    with pytest.raises(FeedParseError, match="'p' is a float") as err:
+        parse_one(message)
+    assert err.value.reason == "bad_decimal"
 
 
 @pytest.mark.parametrize(
@@ -341,20 +348,20 @@ def test_updated_bar_is_a_minute_bar(shared_data: Path) -> None:
     ("change", "reason"),
     [
         ({"p": None}, "missing_field"),
-        ({"p": "abc"}, "bad_number"),
-        ({"p": 1.0000000001}, "bad_number"),  # finer than 1e-9: not representable exactly
+        ({"p": "abc"}, "bad_decimal"),
+        ({"p": 1.0000000001}, "bad_value"),  # finer than 1e-9: not representable exactly
         ({"t": "yesterday"}, "bad_timestamp"),
-        ({"S": ""}, "bad_value"),
-        ({"x": 7}, "bad_value"),
-        ({"c": "@"}, "bad_value"),
-        ({"T": "zz"}, "unknown_type"),
+        ({"S": ""}, "bad_field"),
+        ({"x": 7}, "bad_field"),
+        ({"c": "@"}, "bad_field"),
+        ({"T": "zz"}, "unknown_message"),
     ],
 )
 def test_broken_trade_message_is_a_parse_error(
     shared_data: Path, change: dict[str, Any], reason: str
 ) -> None:
-    message = {**via_msgpack(sdk_messages(shared_data)[1]), **change}
-    with pytest.raises(MessageParseError) as err:
+    message = via_msgpack({**sdk_messages(shared_data)[1], **change})
+    with pytest.raises(FeedParseError) as err:
         parse_one(message)
     assert err.value.reason == reason
 
@@ -370,13 +377,13 @@ def test_broken_trade_message_is_a_parse_error(
     ],
 )
 def test_undecodable_frame_is_a_parse_error(frame: bytes | str, reason: str) -> None:
-    with pytest.raises(MessageParseError) as err:
+    with pytest.raises(FeedParseError) as err:
         decode_market_frame(frame)
     assert err.value.reason == reason
 
 
 def test_non_object_message_is_a_parse_error() -> None:
-    with pytest.raises(MessageParseError) as err:
+    with pytest.raises(FeedParseError) as err:
         parse_one(["T", "t"])
     assert err.value.reason == "bad_message"
 
@@ -541,7 +548,7 @@ def test_fill_without_execution_id_gets_a_stable_fill_id(shared_data: Path) -> N
         ({"order": "x"}, "bad_message"),
         ({"price": None}, "missing_field"),
         ({"qty": "0"}, "bad_value"),  # a fill of nothing
-        ({"price": "12.3.4"}, "bad_number"),
+        ({"price": "12.3.4"}, "bad_decimal"),
         ({"timestamp": "2022-13-01T00:00:00Z"}, "bad_timestamp"),
         ({"event": None}, "missing_field"),
     ],
@@ -550,7 +557,7 @@ def test_broken_trade_update_is_a_parse_error(
     shared_data: Path, change: dict[str, Any], reason: str
 ) -> None:
     data = {**_event(shared_data, "fill", "filled"), **change}
-    with pytest.raises(MessageParseError) as err:
+    with pytest.raises(FeedParseError) as err:
         parse_trade_update(data, account="paper", ts_init=TS_INIT)
     assert err.value.reason == reason
 
@@ -558,7 +565,7 @@ def test_broken_trade_update_is_a_parse_error(
 def test_order_side_we_do_not_know_is_a_parse_error(shared_data: Path) -> None:
     data = _event(shared_data, "new", "new")
     data["order"]["side"] = "sideways"
-    with pytest.raises(MessageParseError, match="sideways"):
+    with pytest.raises(FeedParseError, match="sideways"):
         parse_trade_update(data, account="paper", ts_init=TS_INIT)
 
 
@@ -816,7 +823,7 @@ def test_stock_feed_normalizes_recorded_messages_from_a_loopback_server(
         Malformed("alpaca", garbage, "bad_msgpack", "", frame3),
         # frame 4: a good trade, then a bad one: dead-lettered alone, re-encoded as msgpack
         sdk_trade.model_copy(update={"ts_init": frame4}),
-        Malformed("alpaca", msgpack.packb(bad_trade), "bad_number", "", frame4),
+        Malformed("alpaca", msgpack.packb(bad_trade), "bad_decimal", "", frame4),
     ]
     assert len(events) == len(expected)
     for got, want in zip(events, expected, strict=True):

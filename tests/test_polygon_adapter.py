@@ -33,6 +33,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from core.config import load_settings
 from core.errors import MissingCredentialError
+from producers._fields import loads_exact
 from producers.base import FeedDisconnected, FeedError, Malformed
 from producers.polygon import PolygonConfig, PolygonFeed, backfill_aggs
 from producers.polygon.parsing import (
@@ -40,7 +41,6 @@ from producers.polygon.parsing import (
     Status,
     bar_from_rest_agg,
     interval_ms,
-    loads_exact,
     parse_ws_frame,
     trade_from_rest,
     venue_for_exchange,
@@ -244,11 +244,12 @@ def test_empty_quote_side_is_null() -> None:
         (b"\xff\xfe[]", "bad_json"),
         (b'"a string"', "bad_frame"),
         (b"[42]", "bad_message"),
-        (b'[{"ev":"XT","pair":"BTC-USD"}]', "unknown_event"),
-        (b'[{"sym":"X"}]', "unknown_event"),
+        (b'[{"ev":"XT","pair":"BTC-USD"}]', "unknown_message"),
+        (b'[{"sym":"X"}]', "unknown_message"),
         (b'[{"ev":"T","x":12,"p":1.5,"s":1,"t":1}]', "missing_field"),
-        (b'[{"ev":"T","sym":"X","x":12,"p":"abc","s":1,"t":1}]', "bad_field"),
-        (b'[{"ev":"T","sym":"X","x":12,"p":true,"s":1,"t":1}]', "bad_field"),
+        (b'[{"ev":"T","sym":"X","x":12,"p":"abc","s":1,"t":1}]', "bad_decimal"),
+        (b'[{"ev":"T","sym":"X","x":12,"p":true,"s":1,"t":1}]', "bad_decimal"),
+        (b'[{"ev":"T","sym":"X","x":12,"p":1e999999,"s":1,"t":1}]', "bad_value"),
         (b'[{"ev":"T","sym":"X","x":12,"p":1.5,"s":1,"t":1.5}]', "bad_field"),
         (b'[{"ev":"T","sym":"X","x":"N","p":1.5,"s":1,"t":1}]', "bad_field"),
         (b'[{"ev":"T","sym":"X","x":12,"p":1.5,"s":1,"c":["@"],"t":1}]', "bad_field"),
@@ -266,9 +267,9 @@ def test_unparseable_frames_become_malformed_with_raw_bytes(frame: bytes, reason
     assert result.error
 
 
-def test_spec_luld_example_is_an_unknown_event(spec_examples: dict[str, str]) -> None:
+def test_spec_luld_example_is_an_unknown_message(spec_examples: dict[str, str]) -> None:
     result = only(parse_ws_frame(spec_examples["LULD"], received_ns=1))
-    assert isinstance(result, Malformed) and result.reason == "unknown_event"
+    assert isinstance(result, Malformed) and result.reason == "unknown_message"
 
 
 def test_bad_message_does_not_spoil_the_rest_of_its_frame(mock_frames: MockServerFrames) -> None:

@@ -24,10 +24,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
+from core.errors import FeedParseError
 from producers.alpaca.client import MarketDataSession, TradingSession
 from producers.alpaca.config import AlpacaConfig
 from producers.alpaca.parsing import (
-    MessageParseError,
     StreamControl,
     decode_market_frame,
     decode_trading_frame,
@@ -111,15 +111,15 @@ class AlpacaStockFeed(MarketDataFeed):
             received = self._clock()
             try:
                 messages = decode_market_frame(frame)
-            except MessageParseError as exc:
-                yield Malformed(self.source, _raw(frame), exc.reason, str(exc), received)
+            except FeedParseError as exc:
+                yield Malformed.from_error(self.source, _raw(frame), exc, received)
                 continue
             for message in messages:
                 try:
                     parsed = parse_market_message(message, data_feed=feed, ts_init=received)
-                except MessageParseError as exc:
+                except FeedParseError as exc:
                     raw = _raw(frame) if len(messages) == 1 else encode_like(frame, message)
-                    yield Malformed(self.source, raw, exc.reason, str(exc), received)
+                    yield Malformed.from_error(self.source, raw, exc, received)
                     continue
                 if parsed is None:
                     kind = str(message.get("T"))
@@ -211,8 +211,8 @@ class AlpacaTradeUpdates(MarketDataFeed):
                 else:
                     self._on_control(stream, data)
                     continue
-            except MessageParseError as exc:
-                yield Malformed(self.source, _raw(frame), exc.reason, str(exc), received)
+            except FeedParseError as exc:
+                yield Malformed.from_error(self.source, _raw(frame), exc, received)
                 continue
             for record in records:
                 yield record

@@ -11,35 +11,47 @@ asks for) frames are msgpack, otherwise JSON text. Handled here:
 * ``success`` / ``error`` / ``subscription`` → :class:`StreamControl` (the feed acts on them)
 * statuses, LULD, trade corrections/cancels, order books, news → ``None`` (not modelled yet)
 
-Exactness: msgpack floats become ``Decimal(repr(x))`` (the shortest string that round-trips
-the double, i.e. what the vendor meant), JSON numbers are parsed with ``parse_float=Decimal``;
-timestamps (RFC-3339 with up to 9 fraction digits, any offset, or the msgpack Timestamp
-extension) become int UTC nanoseconds without passing through ``datetime`` fractions.
+Exactness: msgpack has no decimals, only binary doubles; :func:`loads_msgpack` turns each one
+into ``Decimal(repr(x))`` as it decodes (the shortest string that round-trips the double,
+i.e. what the vendor meant), so no float reaches a field reader; JSON is parsed with
+``parse_float=Decimal``. The field readers are the shared exact ones of
+:mod:`producers._fields` (a float that still reached them would be refused). Timestamps
+(RFC-3339 with up to 9 fraction digits, any offset, or the msgpack Timestamp extension)
+become int UTC nanoseconds without passing through ``datetime`` fractions.
 
 Trading stream (``wss://{paper-}api.alpaca.markets/stream``): JSON objects
 ``{"stream": ..., "data": ...}``; ``trade_updates`` → :func:`parse_trade_update` →
 an :class:`ExecutionReport` (every event, unknown ones as ``OTHER`` with ``raw_event``) plus a
 :class:`Fill` for ``fill`` / ``partial_fill``. Money fields there are strings.
 
-Anything that does not fit raises :class:`MessageParseError` (with a short ``reason``); the
-feed turns it into a ``Malformed`` record with the raw bytes.
+Anything that does not fit raises :class:`~core.errors.FeedParseError` (with its short
+``reason``); the feed turns it into a ``Malformed`` record with the raw bytes and that reason.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Final, Literal
 
 import msgpack
 
-from core.errors import SerdeError
-from schemas.fixedpoint import SCALE, FixedPointError, to_fixed
+from core.errors import FeedParseError
+from producers._fields import (
+    build,
+    decimal_from_double,
+    fixed_field,
+    fixed_value,
+    loads_exact,
+    loads_object,
+    message_list,
+    optional_fixed_field,
+    required,
+    text_field,
+    timestamp_value,
+)
 from schemas.models import (
     Bar,
     ExecType,
@@ -57,14 +69,13 @@ __all__ = [
     "EXEC_TYPE_BY_EVENT",
     "FILL_EVENTS",
     "IGNORED_TYPES",
-    "MessageParseError",
     "StreamControl",
     "decode_market_frame",
     "decode_trading_frame",
     "encode_like",
     "exchange_venue",
     "listening_streams",
-    "parse_decimal",
+    "loads_msgpack",
     "parse_market_message",
     "parse_timestamp_ns",
     "parse_trade_update",
@@ -124,14 +135,6 @@ _SUBSCRIPTION_KEYS: Final = (
 )
 
 
-class MessageParseError(SerdeError):
-    """A vendor frame or message that does not fit; ``reason`` is the dead-letter label."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
 @dataclass(frozen=True, slots=True)
 class StreamControl:
     """A market-data control message: ``success``, ``error`` or ``subscription``."""
@@ -143,47 +146,46 @@ class StreamControl:
 
 
 # ---- frames ------------------------------------------------------------------------------
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name} in JSON")
+def _exact_list(items: list[Any]) -> list[Any]:
+    return [decimal_from_double(v) if isinstance(v, float) else v for v in items]
 
 
-def _loads_json(frame: bytes | str) -> Any:
-    return json.loads(frame, parse_float=Decimal, parse_constant=_reject_constant)
+def _exact_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    return {k: decimal_from_double(v) if isinstance(v, float) else v for k, v in pairs}
+
+
+def loads_msgpack(frame: bytes) -> Any:
+    """msgpack → Python, every float (msgpack has only binary doubles) as the decimal the
+    vendor wrote: its shortest repr. Timestamps stay :class:`msgpack.Timestamp`.
+    Raises ``bad_msgpack``."""
+    try:
+        return msgpack.unpackb(
+            frame,
+            raw=False,
+            strict_map_key=True,
+            list_hook=_exact_list,
+            object_pairs_hook=_exact_map,
+        )
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise FeedParseError("bad_msgpack", f"undecodable msgpack frame: {exc}") from exc
 
 
 def decode_market_frame(frame: bytes | str) -> list[Any]:
     """One websocket frame → its list of messages (binary = msgpack, text = JSON)."""
-    try:
-        if isinstance(frame, str):
-            decoded = _loads_json(frame)
-        else:
-            decoded = msgpack.unpackb(frame, raw=False, strict_map_key=True)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        codec = "json" if isinstance(frame, str) else "msgpack"
-        raise MessageParseError(f"bad_{codec}", f"undecodable {codec} frame: {exc}") from exc
-    if isinstance(decoded, dict):
-        return [decoded]
-    if not isinstance(decoded, list):
-        raise MessageParseError("bad_frame", f"frame is a {type(decoded).__name__}, not a list")
-    return decoded
+    decoded = loads_exact(frame) if isinstance(frame, str) else loads_msgpack(frame)
+    return message_list(decoded)
 
 
 def decode_trading_frame(frame: bytes | str) -> dict[str, Any]:
     """One trading-stream frame (JSON in a text or binary frame) → its message."""
-    try:
-        decoded = _loads_json(frame)
-    except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
-        raise MessageParseError("bad_json", f"undecodable JSON frame: {exc}") from exc
-    if not isinstance(decoded, dict):
-        raise MessageParseError("bad_frame", f"frame is a {type(decoded).__name__}, not an object")
-    return decoded
+    return loads_object(frame)
 
 
 def encode_like(frame: bytes | str, message: Any) -> bytes:
     """Re-encode one message of a multi-message frame in that frame's codec (for dead letters)."""
     if isinstance(frame, str):
         return json.dumps(message, default=_json_default, separators=(",", ":")).encode()
-    return bytes(msgpack.packb(message, use_bin_type=True))
+    return bytes(msgpack.packb(message, use_bin_type=True, default=_msgpack_default))
 
 
 def _json_default(value: Any) -> Any:
@@ -192,109 +194,35 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def _msgpack_default(value: Any) -> Any:
+    if isinstance(value, Decimal):  # a double on the wire, read as its shortest repr
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not msgpack serializable")
+
+
 # ---- scalars -----------------------------------------------------------------------------
-_RFC3339: Final = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))\Z"
-)
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_SECOND: Final = timedelta(seconds=1)
 _NS: Final = 1_000_000_000
 
 
-def parse_timestamp_ns(value: Any) -> int:
+def parse_timestamp_ns(value: Any, name: str = "t") -> int:
     """RFC-3339 string (up to ns digits, any offset) or msgpack Timestamp → int UTC ns."""
     if isinstance(value, msgpack.Timestamp):
         return int(value.seconds) * _NS + int(value.nanoseconds)
-    if not isinstance(value, str):
-        raise MessageParseError("bad_timestamp", f"timestamp is a {type(value).__name__}")
-    match = _RFC3339.match(value)
-    if match is None:
-        raise MessageParseError("bad_timestamp", f"not an RFC-3339 timestamp: {value!r}")
-    year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
-    fraction = match.group(7) or ""
-    if len(fraction) > 9:
-        if fraction[9:].strip("0"):
-            raise MessageParseError("bad_timestamp", f"finer than nanoseconds: {value!r}")
-        fraction = fraction[:9]
-    try:
-        whole = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError as exc:
-        raise MessageParseError("bad_timestamp", f"{value!r}: {exc}") from exc
-    seconds = (whole - _EPOCH) // _SECOND
-    if match.group(9):
-        offset = int(match.group(10)) * 3600 + int(match.group(11)) * 60
-        seconds -= offset if match.group(9) == "+" else -offset
-    return seconds * _NS + int(fraction.ljust(9, "0"))
-
-
-def parse_decimal(value: Any, name: str) -> Decimal:
-    """A vendor number (int, msgpack float, JSON Decimal, or decimal string) → exact Decimal."""
-    if isinstance(value, bool):
-        raise MessageParseError("bad_number", f"{name} is a bool")
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise MessageParseError("bad_number", f"{name} is {value}")
-        return Decimal(repr(value))
-    if isinstance(value, int | Decimal):
-        result = Decimal(value)
-    elif isinstance(value, str):
-        try:
-            result = Decimal(value.strip())
-        except InvalidOperation as exc:
-            raise MessageParseError("bad_number", f"{name} = {value!r}") from exc
-    else:
-        raise MessageParseError("bad_number", f"{name} is a {type(value).__name__}")
-    if not result.is_finite():
-        raise MessageParseError("bad_number", f"{name} = {value!r}")
-    return result
-
-
-_QUANTUM: Final = Decimal(1).scaleb(-SCALE)
-
-
-def _fixed(value: Any, name: str, *, exact: bool = True) -> int:
-    """Vendor number → fixed-point int. ``exact=False`` (averages only) rounds to 1e-9."""
-    dec = parse_decimal(value, name)
-    if not exact:
-        dec = dec.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN)
-    try:
-        return to_fixed(dec)
-    except FixedPointError as exc:
-        raise MessageParseError("bad_number", f"{name}: {exc}") from exc
-
-
-def _opt_fixed(msg: Mapping[str, Any], key: str, *, exact: bool = True) -> int | None:
-    value = msg.get(key)
-    return None if value is None else _fixed(value, key, exact=exact)
-
-
-def _require(msg: Mapping[str, Any], key: str) -> Any:
-    value = msg.get(key)
-    if value is None:
-        raise MessageParseError("missing_field", f"missing {key!r}")
-    return value
-
-
-def _text(msg: Mapping[str, Any], key: str) -> str:
-    value = _require(msg, key)
-    if not isinstance(value, str) or not value:
-        raise MessageParseError("bad_value", f"{key!r} is not a non-empty string: {value!r}")
-    return value
+    return timestamp_value(value, name)
 
 
 def _strings(value: Any, key: str) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise MessageParseError("bad_value", f"{key!r} is not a list of strings")
+        raise FeedParseError("bad_field", f"field {key!r} is not a list of strings: {value!r:.80}")
     return list(value)
 
 
 def exchange_venue(code: Any) -> str:
     """Alpaca exchange letter → MIC; an unknown letter stays visible as ``ALPACA:<code>``."""
     if not isinstance(code, str) or not code:
-        raise MessageParseError("bad_value", f"exchange code {code!r}")
+        raise FeedParseError("bad_field", f"exchange code {code!r:.20}")
     return EXCHANGE_MIC.get(code, f"ALPACA:{code}")
 
 
@@ -309,36 +237,34 @@ def parse_market_message(
 ) -> Trade | Quote | Bar | StreamControl | None:
     """One market-data message → a record, a control message, or None (not modelled)."""
     if not isinstance(msg, Mapping):
-        raise MessageParseError("bad_message", f"message is a {type(msg).__name__}")
+        raise FeedParseError("bad_message", f"message is a {type(msg).__name__}")
     kind = msg.get("T")
-    try:
-        if kind == "t":
-            return _trade(msg, ts_init)
-        if kind == "q":
-            return _quote(msg, ts_init)
-        if isinstance(kind, str) and kind in BAR_INTERVAL_MS:
-            return _bar(msg, BAR_INTERVAL_MS[kind], data_feed, ts_init)
-        if kind in _CONTROL_TYPES:
-            return _control(msg)
-    except ValueError as exc:  # pydantic ValidationError: a value our records do not accept
-        raise MessageParseError("bad_value", f"T={kind!r}: {exc}") from exc
+    if kind == "t":
+        return _trade(msg, ts_init)
+    if kind == "q":
+        return _quote(msg, ts_init)
+    if isinstance(kind, str) and kind in BAR_INTERVAL_MS:
+        return _bar(msg, BAR_INTERVAL_MS[kind], data_feed, ts_init)
+    if kind in _CONTROL_TYPES:
+        return _control(msg)
     if kind in IGNORED_TYPES:
         return None
-    raise MessageParseError("unknown_type", f"unknown message type T={kind!r}")
+    raise FeedParseError("unknown_message", f"unknown message type T={kind!r:.20}")
 
 
 def _trade(msg: Mapping[str, Any], ts_init: int) -> Trade:
     trade_id = msg.get("i")
-    return Trade(
-        symbol=_text(msg, "S"),
-        venue=exchange_venue(_require(msg, "x")),
-        price=_fixed(_require(msg, "p"), "p"),
-        size=_fixed(_require(msg, "s"), "s"),
+    return build(
+        Trade,
+        symbol=text_field(msg, "S"),
+        venue=exchange_venue(required(msg, "x")),
+        price=fixed_field(msg, "p"),
+        size=fixed_field(msg, "s"),
         trade_id=None if trade_id is None else str(trade_id),
         conditions=_strings(msg.get("c"), "c"),
         flags=_tape_flags(msg),
         source=SOURCE,
-        ts_event=parse_timestamp_ns(_require(msg, "t")),
+        ts_event=parse_timestamp_ns(required(msg, "t")),
         ts_init=ts_init,
     )
 
@@ -353,17 +279,18 @@ def _quote(msg: Mapping[str, Any], ts_init: int) -> Quote:
         venue = CONSOLIDATED
         flags += [f"bid_venue:{bid_venue}"] if bid_venue else []
         flags += [f"ask_venue:{ask_venue}"] if ask_venue else []
-    return Quote(
-        symbol=_text(msg, "S"),
+    return build(
+        Quote,
+        symbol=text_field(msg, "S"),
         venue=venue,
-        bid_price=_opt_fixed(msg, "bp"),
-        bid_size=_opt_fixed(msg, "bs"),
-        ask_price=_opt_fixed(msg, "ap"),
-        ask_size=_opt_fixed(msg, "as"),
+        bid_price=optional_fixed_field(msg, "bp"),
+        bid_size=optional_fixed_field(msg, "bs"),
+        ask_price=optional_fixed_field(msg, "ap"),
+        ask_size=optional_fixed_field(msg, "as"),
         conditions=_strings(msg.get("c"), "c"),
         flags=flags,
         source=SOURCE,
-        ts_event=parse_timestamp_ns(_require(msg, "t")),
+        ts_event=parse_timestamp_ns(required(msg, "t")),
         ts_init=ts_init,
     )
 
@@ -371,20 +298,21 @@ def _quote(msg: Mapping[str, Any], ts_init: int) -> Quote:
 def _bar(msg: Mapping[str, Any], interval_ms: int, data_feed: str, ts_init: int) -> Bar:
     count = msg.get("n", 0)  # the documented v2 bar has no n/vw; the live one has both
     if isinstance(count, bool) or not isinstance(count, int):
-        raise MessageParseError("bad_value", f"'n' is not an int: {count!r}")
-    return Bar(
-        symbol=_text(msg, "S"),
+        raise FeedParseError("bad_field", f"field 'n' must be an integer, got {count!r:.20}")
+    return build(
+        Bar,
+        symbol=text_field(msg, "S"),
         venue=EXCHANGE_MIC["V"] if data_feed == "iex" else CONSOLIDATED,
         interval_ms=interval_ms,
-        open=_fixed(_require(msg, "o"), "o"),
-        high=_fixed(_require(msg, "h"), "h"),
-        low=_fixed(_require(msg, "l"), "l"),
-        close=_fixed(_require(msg, "c"), "c"),
-        volume=_fixed(_require(msg, "v"), "v"),
+        open=fixed_field(msg, "o"),
+        high=fixed_field(msg, "h"),
+        low=fixed_field(msg, "l"),
+        close=fixed_field(msg, "c"),
+        volume=fixed_field(msg, "v"),
         trade_count=count,
-        vwap=_opt_fixed(msg, "vw", exact=False),
+        vwap=optional_fixed_field(msg, "vw", rounded=True),
         source=SOURCE,
-        ts_event=parse_timestamp_ns(_require(msg, "t")),
+        ts_event=parse_timestamp_ns(required(msg, "t")),
         ts_init=ts_init,
     )
 
@@ -473,7 +401,7 @@ def _side(value: Any) -> Side:
         return Side.BUY
     if value == "sell":
         return Side.SELL
-    raise MessageParseError("bad_value", f"order side {value!r}")
+    raise FeedParseError("bad_field", f"order side {value!r:.20}")
 
 
 def _event_time(data: Mapping[str, Any], order: Mapping[str, Any]) -> int:
@@ -484,45 +412,43 @@ def _event_time(data: Mapping[str, Any], order: Mapping[str, Any]) -> int:
         (order, "created_at"),
     ):
         if source.get(key) is not None:
-            return parse_timestamp_ns(source[key])
-    raise MessageParseError("missing_field", "no timestamp on the event or its order")
+            return parse_timestamp_ns(source[key], key)
+    raise FeedParseError("missing_field", "no timestamp on the event or its order")
 
 
 def parse_trade_update(data: Any, *, account: str, ts_init: int) -> list[ExecutionReport | Fill]:
     """The ``data`` of one ``trade_updates`` message → [ExecutionReport] (+ Fill on fills)."""
     if not isinstance(data, Mapping):
-        raise MessageParseError("bad_message", f"trade update data is a {type(data).__name__}")
-    try:
-        return _trade_update(data, account, ts_init)
-    except ValueError as exc:  # pydantic ValidationError: a value our records do not accept
-        raise MessageParseError("bad_value", f"trade update: {exc}") from exc
+        raise FeedParseError("bad_message", f"trade update data is a {type(data).__name__}")
+    return _trade_update(data, account, ts_init)
 
 
 def _trade_update(
     data: Mapping[str, Any], account: str, ts_init: int
 ) -> list[ExecutionReport | Fill]:
-    event = _text(data, "event")
-    order = _require(data, "order")
+    event = text_field(data, "event")
+    order = required(data, "order")
     if not isinstance(order, Mapping):
-        raise MessageParseError("bad_message", "'order' is not an object")
-    order_id = _text(order, "id")
-    client_order_id = _text(order, "client_order_id")
-    symbol = _text(order, "symbol")
+        raise FeedParseError("bad_message", "'order' is not an object")
+    order_id = text_field(order, "id")
+    client_order_id = text_field(order, "client_order_id")
+    symbol = text_field(order, "symbol")
     side = _side(order.get("side"))
-    filled = _fixed(order.get("filled_qty") or 0, "filled_qty")
+    filled = fixed_value(order.get("filled_qty") or 0, "filled_qty")
     # notional orders have no qty until filled: what we know is what has filled
-    quantity = _fixed(order["qty"], "qty") if order.get("qty") is not None else filled
+    quantity = fixed_value(order["qty"], "qty") if order.get("qty") is not None else filled
     status = _order_status(order.get("status"), quantity, filled)
     ts_event = _event_time(data, order)
     exec_type = EXEC_TYPE_BY_EVENT.get(event, ExecType.OTHER)
 
     last_qty, last_price = 0, None
     if event in FILL_EVENTS:
-        last_qty = _fixed(_require(data, "qty"), "qty")
-        last_price = _fixed(_require(data, "price"), "price")
+        last_qty = fixed_field(data, "qty")
+        last_price = fixed_field(data, "price")
     execution_id = data.get("execution_id")
     report_id = str(execution_id) if execution_id else f"{order_id}:{event}:{ts_event}:{filled}"
-    report = ExecutionReport(
+    report = build(
+        ExecutionReport,
         report_id=report_id,
         client_order_id=client_order_id,
         venue_order_id=order_id,
@@ -536,7 +462,7 @@ def _trade_update(
         last_price=last_price,
         cum_quantity=filled,
         leaves_quantity=0 if status in _TERMINAL else max(quantity - filled, 0),
-        avg_price=_opt_fixed(order, "filled_avg_price", exact=False),
+        avg_price=optional_fixed_field(order, "filled_avg_price", rounded=True),
         venue=TRADING_VENUE,
         raw_event=event,
         ts_event=ts_event,
@@ -545,7 +471,8 @@ def _trade_update(
     if event not in FILL_EVENTS:
         return [report]
     assert last_price is not None
-    fill = Fill(
+    fill = build(
+        Fill,
         # cum filled qty strictly grows per fill of an order: a stable id if execution_id is absent
         fill_id=str(execution_id) if execution_id else f"{order_id}:{filled}",
         client_order_id=client_order_id,
@@ -566,7 +493,7 @@ def parse_trading_message(msg: Mapping[str, Any]) -> tuple[str, Any]:
     """``{"stream": ..., "data": ...}`` → (stream, data)."""
     stream = msg.get("stream")
     if not isinstance(stream, str):
-        raise MessageParseError("bad_message", "trading message without a 'stream'")
+        raise FeedParseError("bad_message", "trading message without a 'stream'")
     return stream, msg.get("data")
 
 

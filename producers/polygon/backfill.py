@@ -10,8 +10,8 @@ Exact prices: the SDK's ``Agg`` model is annotated with floats, but it copies wh
 JSON decoder produced. We give it, through its documented ``custom_json`` parameter, a
 decoder that reads every non-integer number as ``Decimal`` (``parse_float=Decimal``), so
 ``1.5032`` reaches :func:`~producers.polygon.parsing.bar_from_rest_agg` as
-``Decimal("1.5032")``. Should a float ever arrive (another client), the parser uses
-``Decimal(repr(x))``, the shortest decimal that round-trips, which equals the JSON text.
+``Decimal("1.5032")``. Should a float ever arrive (another decoder), the row is refused
+(``bad_decimal``): a price is never read through a binary float.
 
 The SDK swallows a page that is not JSON (it logs and stops iterating); our decoder notes the
 failure and the backfill raises :class:`FeedError` instead of returning a truncated series.
@@ -32,15 +32,11 @@ import urllib3
 from massive import RESTClient
 from massive.exceptions import BadResponse
 
+from core.errors import FeedParseError
+from producers._fields import loads_exact
 from producers.base import FeedDisconnected, FeedError, Malformed
 from producers.polygon.config import PolygonConfig
-from producers.polygon.parsing import (
-    SOURCE,
-    ParseError,
-    bar_from_rest_agg,
-    interval_ms,
-    loads_exact,
-)
+from producers.polygon.parsing import SOURCE, bar_from_rest_agg, interval_ms
 from schemas.models import Bar
 
 __all__ = ["Timespan", "backfill_aggs"]
@@ -63,9 +59,9 @@ class _ExactJson:
     def loads(self, text: str | bytes) -> Any:
         try:
             return loads_exact(text)
-        except ValueError as exc:
+        except FeedParseError as exc:
             self.failures.append(str(exc))
-            raise
+            raise ValueError(str(exc)) from exc  # what the SDK catches around its decoder
 
     @staticmethod
     def dumps(obj: Any) -> str:
@@ -141,14 +137,9 @@ def backfill_aggs(
                         fields, symbol=symbol, interval_ms=bar_ms, received_ns=received_ns
                     )
                 )
-            except ParseError as exc:
-                bad = Malformed(
-                    source=SOURCE,
-                    raw=json.dumps(fields, default=str).encode(),
-                    reason=exc.reason,
-                    error=f"{where}: {exc}",
-                    received_ns=received_ns,
-                )
+            except FeedParseError as exc:
+                raw = json.dumps(fields, default=str).encode()
+                bad = Malformed.from_error(SOURCE, raw, exc, received_ns, where=where)
                 if on_malformed is None:
                     raise FeedError(f"polygon: malformed aggregate in {where}: {exc}") from None
                 on_malformed(bad)

@@ -16,10 +16,13 @@ told apart by ``ev``:
 ``status``  control (connected, auth_success, auth_failed, success ...) → :class:`Status`
 ==========  ===========================================================================
 
-Exact decimals: the frame is decoded with ``parse_float=Decimal``, so ``161.87`` stays
+Exact decimals: the frame is decoded with the shared exact reader
+(:func:`producers._fields.loads_exact`, ``parse_float=Decimal``), so ``161.87`` stays
 ``Decimal("161.87")`` and becomes exactly 161_870_000_000 fixed-point units; no float ever
-holds a price. Anything that cannot become a record is a :class:`Malformed` carrying the
-frame's raw bytes; :func:`parse_ws_frame` never raises.
+holds a price (a float that reaches a field is refused, ``bad_decimal``). Anything that
+cannot become a record raises :class:`~core.errors.FeedParseError`, which
+:func:`parse_ws_frame` turns into a :class:`Malformed` carrying the frame's raw bytes and the
+error's reason; :func:`parse_ws_frame` never raises.
 
 Units and vendor quirks worth knowing:
 
@@ -43,30 +46,34 @@ functions: :func:`bar_from_rest_agg` (``t`` = bar start in ms) and :func:`trade_
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-from pydantic import ValidationError
-
+from core.errors import FeedParseError
+from producers._fields import (
+    build,
+    fixed_field,
+    int_field,
+    loads_exact,
+    message_list,
+    optional_fixed_field,
+    optional_int_field,
+    text_field,
+)
 from producers.base import Malformed
-from schemas.fixedpoint import FixedPointError, to_fixed
 from schemas.models import Bar, Quote, Trade
 
 __all__ = [
     "CONSOLIDATED_VENUE",
     "EXCHANGE_MIC",
     "SOURCE",
-    "ParseError",
     "Status",
     "WsItem",
     "bar_from_rest_agg",
     "bar_from_ws_agg",
     "interval_ms",
-    "loads_exact",
     "parse_ws_frame",
     "quote_from_ws",
     "trade_from_rest",
@@ -77,7 +84,6 @@ __all__ = [
 SOURCE: Final = "polygon"
 CONSOLIDATED_VENUE: Final = "SIP"
 _NS_PER_MS: Final = 1_000_000
-_R = TypeVar("_R", Trade, Quote, Bar)
 
 #: Polygon/Massive stock exchange id → ISO 10383 MIC, copied from the vendor's reference data
 #: ``GET /v3/reference/exchanges`` (asset_class=stocks, locale=us) as recorded in
@@ -120,14 +126,6 @@ _TIMESPAN_MS: Final[Mapping[str, int]] = MappingProxyType(
 )
 
 
-class ParseError(ValueError):
-    """A vendor message that cannot become a record. Turned into :class:`Malformed`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-
-
 @dataclass(frozen=True, slots=True)
 class Status:
     """A WebSocket control message (``ev: status``): not data, never produced to Kafka."""
@@ -159,84 +157,13 @@ def interval_ms(multiplier: int, timespan: str) -> int:
         ) from None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number we accept")
-
-
-def loads_exact(raw: bytes | str) -> Any:
-    """JSON → Python with every non-integer number as an exact :class:`Decimal`.
-
-    NaN and ±Infinity are rejected (ValueError), as is invalid JSON or UTF-8.
-    """
-    return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
-
-
-# ---- field readers (raise ParseError) -----------------------------------------------------
-def _field(msg: Mapping[str, Any], key: str) -> Any:
-    value = msg.get(key)
-    if value is None:
-        raise ParseError("missing_field", f"field {key!r} is missing")
-    return value
-
-
-def _int(msg: Mapping[str, Any], key: str) -> int:
-    value = _field(msg, key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ParseError("bad_field", f"field {key!r} must be an integer, got {value!r}")
-    return value
-
-
-def _opt_int(msg: Mapping[str, Any], key: str) -> int | None:
-    return None if msg.get(key) is None else _int(msg, key)
-
-
-def _str(msg: Mapping[str, Any], key: str) -> str:
-    value = _field(msg, key)
-    if not isinstance(value, str) or not value:
-        raise ParseError("bad_field", f"field {key!r} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _decimal(msg: Mapping[str, Any], key: str) -> Decimal:
-    """A number as an exact Decimal.
-
-    Accepts int, Decimal (our JSON decoding) and decimal strings. A float only reaches here
-    from an SDK model object; it becomes ``Decimal(repr(x))``, the shortest decimal that
-    round-trips, which equals the JSON text the float was parsed from (≤ 15 digits).
-    """
-    value = _field(msg, key)
-    if isinstance(value, bool):
-        raise ParseError("bad_field", f"field {key!r} must be a number, got {value!r}")
-    if isinstance(value, float):
-        value = repr(value)
-    if isinstance(value, int | Decimal | str):
-        try:
-            dec = Decimal(value)
-        except InvalidOperation:
-            raise ParseError("bad_field", f"field {key!r} is not a decimal: {value!r}") from None
-        if dec.is_finite():
-            return dec
-    raise ParseError("bad_field", f"field {key!r} must be a finite number, got {value!r}")
-
-
-def _fixed(msg: Mapping[str, Any], key: str) -> int:
-    try:
-        return to_fixed(_decimal(msg, key))
-    except FixedPointError as exc:
-        raise ParseError("bad_value", f"field {key!r}: {exc}") from None
-
-
-def _opt_fixed(msg: Mapping[str, Any], key: str) -> int | None:
-    return None if msg.get(key) is None else _fixed(msg, key)
-
-
 def _fixed_preferring(msg: Mapping[str, Any], exact_key: str, key: str) -> int:
     """``exact_key`` (a fractional decimal string) when present, else ``key``."""
-    return _fixed(msg, exact_key if msg.get(exact_key) is not None else key)
+    return fixed_field(msg, exact_key if msg.get(exact_key) is not None else key)
 
 
 def _ms_to_ns(msg: Mapping[str, Any], key: str) -> int:
-    return _int(msg, key) * _NS_PER_MS
+    return int_field(msg, key) * _NS_PER_MS
 
 
 def _condition_ids(msg: Mapping[str, Any], key: str) -> list[str]:
@@ -247,35 +174,26 @@ def _condition_ids(msg: Mapping[str, Any], key: str) -> list[str]:
     out = []
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
-            raise ParseError("bad_field", f"field {key!r} must hold integer ids, got {value!r}")
+            raise FeedParseError("bad_field", f"field {key!r} must hold integer ids: {value!r}")
         out.append(str(item))
     return out
 
 
 def _venue(msg: Mapping[str, Any], key: str) -> str:
-    return venue_for_exchange(_int(msg, key))
-
-
-def _build(model: type[_R], **fields: Any) -> _R:
-    try:
-        return model(**fields)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ParseError("bad_value", f"{model.__name__}.{where}: {first['msg']}") from None
+    return venue_for_exchange(int_field(msg, key))
 
 
 # ---- WebSocket messages ------------------------------------------------------------------
 def trade_from_ws(msg: Mapping[str, Any], *, received_ns: int) -> Trade:
-    """``ev: T`` → Trade. Raises :class:`ParseError`."""
+    """``ev: T`` → Trade. Raises :class:`~core.errors.FeedParseError`."""
     trade_id = msg.get("i")
     if trade_id is not None and (isinstance(trade_id, bool) or not isinstance(trade_id, str | int)):
-        raise ParseError("bad_field", f"field 'i' must be a string id, got {trade_id!r}")
-    return _build(
+        raise FeedParseError("bad_field", f"field 'i' must be a string id, got {trade_id!r}")
+    return build(
         Trade,
-        symbol=_str(msg, "sym"),
+        symbol=text_field(msg, "sym"),
         venue=_venue(msg, "x"),
-        price=_fixed(msg, "p"),
+        price=fixed_field(msg, "p"),
         size=_fixed_preferring(msg, "ds", "s"),
         trade_id=None if trade_id is None else str(trade_id),
         conditions=_condition_ids(msg, "c"),
@@ -287,8 +205,8 @@ def trade_from_ws(msg: Mapping[str, Any], *, received_ns: int) -> Trade:
 
 def quote_from_ws(msg: Mapping[str, Any], *, received_ns: int) -> Quote:
     """``ev: Q`` (NBBO) → Quote. A zero price means an empty side (price and size None)."""
-    bid_price, ask_price = _opt_fixed(msg, "bp"), _opt_fixed(msg, "ap")
-    bid_size, ask_size = _opt_fixed(msg, "bs"), _opt_fixed(msg, "as")
+    bid_price, ask_price = optional_fixed_field(msg, "bp"), optional_fixed_field(msg, "ap")
+    bid_size, ask_size = optional_fixed_field(msg, "bs"), optional_fixed_field(msg, "as")
     if not bid_price:
         bid_price = bid_size = None
     if not ask_price:
@@ -297,9 +215,9 @@ def quote_from_ws(msg: Mapping[str, Any], *, received_ns: int) -> Quote:
     for side, key in (("bid", "bx"), ("ask", "ax")):
         if msg.get(key) is not None:
             flags.append(f"{side}_venue:{_venue(msg, key)}")
-    return _build(
+    return build(
         Quote,
-        symbol=_str(msg, "sym"),
+        symbol=text_field(msg, "sym"),
         venue=CONSOLIDATED_VENUE,
         bid_price=bid_price,
         bid_size=bid_size,
@@ -315,21 +233,21 @@ def quote_from_ws(msg: Mapping[str, Any], *, received_ns: int) -> Quote:
 
 def bar_from_ws_agg(msg: Mapping[str, Any], *, received_ns: int) -> Bar:
     """``ev: A`` (second) or ``ev: AM`` (minute) aggregate → Bar; interval from ``e - s``."""
-    start_ms, end_ms = _int(msg, "s"), _int(msg, "e")
+    start_ms, end_ms = int_field(msg, "s"), int_field(msg, "e")
     if end_ms <= start_ms:
-        raise ParseError("bad_value", f"aggregate window end {end_ms} <= start {start_ms}")
-    return _build(
+        raise FeedParseError("bad_value", f"aggregate window end {end_ms} <= start {start_ms}")
+    return build(
         Bar,
-        symbol=_str(msg, "sym"),
+        symbol=text_field(msg, "sym"),
         venue=CONSOLIDATED_VENUE,
         interval_ms=end_ms - start_ms,
-        open=_fixed(msg, "o"),
-        high=_fixed(msg, "h"),
-        low=_fixed(msg, "l"),
-        close=_fixed(msg, "c"),
+        open=fixed_field(msg, "o"),
+        high=fixed_field(msg, "h"),
+        low=fixed_field(msg, "l"),
+        close=fixed_field(msg, "c"),
         volume=_fixed_preferring(msg, "dv", "v"),
-        trade_count=_opt_int(msg, "n") or 0,
-        vwap=_opt_fixed(msg, "vw"),
+        trade_count=optional_int_field(msg, "n") or 0,
+        vwap=optional_fixed_field(msg, "vw"),
         source=SOURCE,
         ts_event=start_ms * _NS_PER_MS,
         ts_init=received_ns,
@@ -339,7 +257,7 @@ def bar_from_ws_agg(msg: Mapping[str, Any], *, received_ns: int) -> Bar:
 def _status(msg: Mapping[str, Any]) -> Status:
     status = msg.get("status")
     if not isinstance(status, str):
-        raise ParseError("bad_field", f"status message without a status string: {status!r}")
+        raise FeedParseError("bad_field", f"status message without a status string: {status!r}")
     message = msg.get("message")
     return Status(status=status, message=message if isinstance(message, str) else "")
 
@@ -350,6 +268,18 @@ _WS_PARSERS: Final[Mapping[str, _WsParser]] = MappingProxyType(
 )
 
 
+def _ws_message(msg: Any, received_ns: int) -> Trade | Quote | Bar | Status:
+    if not isinstance(msg, dict):
+        raise FeedParseError("bad_message", f"not an object: {msg!r:.200}")
+    event = msg.get("ev")
+    if event == "status":
+        return _status(msg)
+    parser = _WS_PARSERS.get(event) if isinstance(event, str) else None
+    if parser is None:
+        raise FeedParseError("unknown_message", f"unknown ev {event!r:.50}")
+    return parser(msg, received_ns=received_ns)
+
+
 def parse_ws_frame(raw: bytes | str, *, received_ns: int) -> list[WsItem]:
     """One WebSocket frame → one item per message, in order. Never raises.
 
@@ -358,40 +288,19 @@ def parse_ws_frame(raw: bytes | str, *, received_ns: int) -> list[WsItem]:
     and the other messages still convert.
     """
     raw_bytes = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
-
-    def malformed(reason: str, error: str) -> Malformed:
-        return Malformed(
-            source=SOURCE, raw=raw_bytes, reason=reason, error=error, received_ns=received_ns
-        )
-
     try:
-        decoded = loads_exact(raw_bytes)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
-        return [malformed("bad_json", f"not JSON: {exc}")]
-    if isinstance(decoded, dict):
-        decoded = [decoded]
-    if not isinstance(decoded, list):
-        return [malformed("bad_frame", f"frame is a JSON {type(decoded).__name__}, not a list")]
-
+        messages = message_list(loads_exact(raw_bytes))
+    except FeedParseError as exc:
+        return [Malformed.from_error(SOURCE, raw_bytes, exc, received_ns)]
     items: list[WsItem] = []
-    count = len(decoded)
-    for index, msg in enumerate(decoded):
-        where = f"message {index + 1} of {count}"
-        if not isinstance(msg, dict):
-            items.append(malformed("bad_message", f"{where} is not an object: {msg!r:.200}"))
-            continue
-        event = msg.get("ev")
+    for index, msg in enumerate(messages):
         try:
-            if event == "status":
-                items.append(_status(msg))
-                continue
-            parser = _WS_PARSERS.get(event) if isinstance(event, str) else None
-            if parser is None:
-                items.append(malformed("unknown_event", f"{where}: unknown ev {event!r:.50}"))
-                continue
-            items.append(parser(msg, received_ns=received_ns))
-        except ParseError as exc:
-            items.append(malformed(exc.reason, f"{where} (ev {event!r:.10}): {exc}"))
+            items.append(_ws_message(msg, received_ns))
+        except FeedParseError as exc:
+            where = f"message {index + 1} of {len(messages)}"
+            if isinstance(msg, dict):
+                where += f" (ev {msg.get('ev')!r:.10})"
+            items.append(Malformed.from_error(SOURCE, raw_bytes, exc, received_ns, where=where))
     return items
 
 
@@ -401,20 +310,21 @@ def bar_from_rest_agg(
 ) -> Bar:
     """One ``results[]`` item of ``/v2/aggs/ticker/{sym}/range/...`` → Bar.
 
-    ``t`` is the bar start in ms; ``n`` the trade count (0 when absent). Raises ParseError.
+    ``t`` is the bar start in ms; ``n`` the trade count (0 when absent). Raises
+    :class:`~core.errors.FeedParseError`.
     """
-    return _build(
+    return build(
         Bar,
         symbol=symbol,
         venue=CONSOLIDATED_VENUE,
         interval_ms=interval_ms,
-        open=_fixed(result, "o"),
-        high=_fixed(result, "h"),
-        low=_fixed(result, "l"),
-        close=_fixed(result, "c"),
-        volume=_fixed(result, "v"),
-        trade_count=_opt_int(result, "n") or 0,
-        vwap=_opt_fixed(result, "vw"),
+        open=fixed_field(result, "o"),
+        high=fixed_field(result, "h"),
+        low=fixed_field(result, "l"),
+        close=fixed_field(result, "c"),
+        volume=fixed_field(result, "v"),
+        trade_count=optional_int_field(result, "n") or 0,
+        vwap=optional_fixed_field(result, "vw"),
         source=SOURCE,
         ts_event=_ms_to_ns(result, "t"),
         ts_init=received_ns,
@@ -427,17 +337,17 @@ def trade_from_rest(result: Mapping[str, Any], *, symbol: str, received_ns: int)
     A non-zero ``correction`` indicator is kept in ``flags`` as ``correction:<code>``.
     """
     trade_id = result.get("id")
-    correction = _opt_int(result, "correction")
-    return _build(
+    correction = optional_int_field(result, "correction")
+    return build(
         Trade,
         symbol=symbol,
         venue=_venue(result, "exchange"),
-        price=_fixed(result, "price"),
+        price=fixed_field(result, "price"),
         size=_fixed_preferring(result, "decimal_size", "size"),
         trade_id=None if trade_id is None else str(trade_id),
         conditions=_condition_ids(result, "conditions"),
         flags=[f"correction:{correction}"] if correction else [],
         source=SOURCE,
-        ts_event=_int(result, "sip_timestamp"),
+        ts_event=int_field(result, "sip_timestamp"),
         ts_init=received_ns,
     )
