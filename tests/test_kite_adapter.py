@@ -35,7 +35,8 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from core.config import load_settings
-from core.errors import MissingCredentialError
+from core.errors import FeedParseError, MissingCredentialError
+from producers._fields import loads_exact
 from producers.base import FeedDisconnected, FeedError, Malformed
 from producers.kite import (
     InstrumentMap,
@@ -49,7 +50,8 @@ from producers.kite import (
     parse_postback,
     verify_postback_checksum,
 )
-from producers.kite import parsing as kp
+from producers.kite import orders as ko
+from producers.kite import ticks as kt
 from schemas.fixedpoint import to_fixed
 from schemas.models import (
     ExecType,
@@ -137,7 +139,7 @@ def _counter(reason: str) -> float:
 
 # ---- binary ticks vs the mocks' expected decodes ---------------------------------------
 def test_full_packet_decodes_to_ticker_full_json_field_by_field(shared_data: Path) -> None:
-    tick = kp.parse_packet(_packet(shared_data, "full"))
+    tick = kt.parse_packet(_packet(shared_data, "full"))
     exp = _expected(shared_data, "full")
     assert (tick.mode, tick.tradable, tick.instrument_token) == (
         exp["mode"],
@@ -171,7 +173,7 @@ def test_full_packet_decodes_to_ticker_full_json_field_by_field(shared_data: Pat
 
 
 def test_quote_packet_decodes_to_ticker_quote_json_field_by_field(shared_data: Path) -> None:
-    tick = kp.parse_packet(_packet(shared_data, "quote"))
+    tick = kt.parse_packet(_packet(shared_data, "quote"))
     exp = _expected(shared_data, "quote")
     assert (tick.mode, tick.tradable, tick.instrument_token) == ("quote", True, INFY)
     assert exp["mode"] == "quote"
@@ -191,7 +193,7 @@ def test_ltp_packet_decodes_to_ticker_ltp_json(shared_data: Path) -> None:
     exp = _expected(shared_data, "ltp")
     # no recorded ltp packet in the mocks: build the 8 bytes from the expected decode
     packet = struct.pack(">Ii", exp["instrument_token"], 157315)
-    tick = kp.parse_packet(packet)
+    tick = kt.parse_packet(packet)
     assert (tick.mode, tick.tradable, tick.instrument_token) == (
         exp["mode"],
         exp["tradable"],
@@ -215,11 +217,11 @@ def test_our_decode_agrees_with_the_sdks_parse_binary(shared_data: Path) -> None
         index_full[:28],
     ]
     message = _frame(*packets)
-    ours = kp.decode_frame(message, received_ns=TS_INIT)
+    ours = kt.decode_frame(message, received_ns=TS_INIT)
     sdk = _sdk_ticks(message)
     assert len(ours) == len(sdk) == 5
     for tick, ref in zip(ours, sdk, strict=True):
-        assert isinstance(tick, kp.KiteTick)
+        assert isinstance(tick, kt.KiteTick)
         assert tick.instrument_token == ref["instrument_token"]
         assert (tick.mode, tick.tradable) == (ref["mode"], ref["tradable"])
         assert float(tick.last_price) == ref["last_price"]
@@ -253,11 +255,11 @@ def test_our_decode_agrees_with_the_sdks_parse_binary(shared_data: Path) -> None
 def test_segment_constants_are_the_sdks_exchange_map() -> None:
     sdk = KiteTicker.EXCHANGE_MAP
     ours = {
-        "nse": kp.SEGMENT_NSE,
-        "cds": kp.SEGMENT_CDS,
-        "bcd": kp.SEGMENT_BCD,
-        "indices": kp.SEGMENT_INDICES,
-        "nco": kp.SEGMENT_NCO,
+        "nse": kt.SEGMENT_NSE,
+        "cds": kt.SEGMENT_CDS,
+        "bcd": kt.SEGMENT_BCD,
+        "indices": kt.SEGMENT_INDICES,
+        "nco": kt.SEGMENT_NCO,
     }
     assert ours == {name: sdk[name] for name in ours}
 
@@ -265,20 +267,20 @@ def test_segment_constants_are_the_sdks_exchange_map() -> None:
 @pytest.mark.parametrize(
     ("segment", "raw", "price"),
     [
-        (kp.SEGMENT_CDS, 745_312_500, Decimal("74.53125")),  # ÷10 000 000
-        (kp.SEGMENT_BCD, 745_325, Decimal("74.5325")),  # ÷10 000
-        (kp.SEGMENT_NCO, 745_325, Decimal("74.5325")),  # ÷10 000 (SDK groups NCO with BCD)
-        (kp.SEGMENT_NSE, 157_370, Decimal("1573.70")),  # ÷100
-        (kp.SEGMENT_MCX, 485_200, Decimal("4852")),  # ÷100
+        (kt.SEGMENT_CDS, 745_312_500, Decimal("74.53125")),  # ÷10 000 000
+        (kt.SEGMENT_BCD, 745_325, Decimal("74.5325")),  # ÷10 000
+        (kt.SEGMENT_NCO, 745_325, Decimal("74.5325")),  # ÷10 000 (SDK groups NCO with BCD)
+        (kt.SEGMENT_NSE, 157_370, Decimal("1573.70")),  # ÷100
+        (kt.SEGMENT_MCX, 485_200, Decimal("4852")),  # ÷100
     ],
 )
 def test_price_divisor_follows_the_token_segment(segment: int, raw: int, price: Decimal) -> None:
     token = (4242 << 8) | segment
     packet = _full_packet(token, last=raw, bid=(raw - 1, 3), ask=(raw + 1, 4))
-    tick = kp.parse_packet(packet)
+    tick = kt.parse_packet(packet)
     assert tick.segment == segment
     assert tick.last_price == price and tick.average_traded_price == price
-    assert tick.bids[0].price == price - Decimal(1).scaleb(-kp.price_exponent(token))
+    assert tick.bids[0].price == price - Decimal(1).scaleb(-kt.price_exponent(token))
     ref = _sdk_ticks(_frame(packet))[0]
     assert float(tick.last_price) == ref["last_price"]
     assert float(tick.asks[0].price) == ref["depth"]["sell"][0]["price"]
@@ -287,36 +289,36 @@ def test_price_divisor_follows_the_token_segment(segment: int, raw: int, price: 
 
 def test_negative_price_is_read_signed() -> None:
     # The docs type prices as int32; the SDK unpacks ">I" and would read 2**32 - 3763.
-    token = (9000 << 8) | kp.SEGMENT_MCX
-    tick = kp.parse_packet(struct.pack(">Ii", token, -3_763))
+    token = (9000 << 8) | kt.SEGMENT_MCX
+    tick = kt.parse_packet(struct.pack(">Ii", token, -3_763))
     assert tick.last_price == Decimal("-37.63")  # MCX crude, 20 April 2020
 
 
 def test_heartbeat_is_ignored_and_bad_frames_are_malformed_with_raw_bytes() -> None:
-    assert kp.decode_frame(b"\x00", received_ns=TS_INIT) == []
+    assert kt.decode_frame(b"\x00", received_ns=TS_INIT) == []
     truncated = _frame(struct.pack(">Ii", INFY, 1))[:-2]
-    [bad] = kp.decode_frame(truncated, received_ns=TS_INIT)
+    [bad] = kt.decode_frame(truncated, received_ns=TS_INIT)
     assert isinstance(bad, Malformed)
     assert (bad.source, bad.raw, bad.reason, bad.received_ns) == (
         "kite",
         truncated,
-        "bad_frame",
+        "truncated_packet",
         TS_INIT,
     )
     trailing = _frame(struct.pack(">Ii", INFY, 1)) + b"\x00"
-    assert [m.reason for m in kp.decode_frame(trailing, received_ns=TS_INIT)] == ["bad_frame"]  # type: ignore[union-attr]
+    assert [m.reason for m in kt.decode_frame(trailing, received_ns=TS_INIT)] == ["bad_frame"]  # type: ignore[union-attr]
     odd = struct.pack(">Iii", INFY, 1, 2)  # 12 bytes: no such mode
-    out = kp.decode_frame(_frame(odd, struct.pack(">Ii", INFY, 157315)), received_ns=TS_INIT)
+    out = kt.decode_frame(_frame(odd, struct.pack(">Ii", INFY, 157315)), received_ns=TS_INIT)
     assert isinstance(out[0], Malformed) and out[0].reason == "bad_packet" and out[0].raw == odd
-    assert isinstance(out[1], kp.KiteTick) and out[1].last_price == Decimal("1573.15")
+    assert isinstance(out[1], kt.KiteTick) and out[1].last_price == Decimal("1573.15")
 
 
 # ---- ticks → Trade / Quote ---------------------------------------------------------------
 def test_full_tick_becomes_trade_and_quote_field_by_field(
     shared_data: Path, instruments: InstrumentMap
 ) -> None:
-    norm = kp.TickNormalizer(instruments)
-    trade, quote = norm.normalize(kp.parse_packet(_packet(shared_data, "full")), TS_INIT)
+    norm = kt.TickNormalizer(instruments)
+    trade, quote = norm.normalize(kt.parse_packet(_packet(shared_data, "full")), TS_INIT)
     assert trade == Trade(
         symbol="NSE:INFY",
         venue="NSE",
@@ -344,44 +346,44 @@ def test_full_tick_becomes_trade_and_quote_field_by_field(
 def test_unchanged_tick_emits_nothing_and_same_second_trade_is_kept(
     instruments: InstrumentMap,
 ) -> None:
-    norm = kp.TickNormalizer(instruments)
+    norm = kt.TickNormalizer(instruments)
     first = _full_packet(INFY, last=157_370, volume=100, bid=(157_365, 5), ask=(157_370, 9))
-    assert [type(r) for r in norm.normalize(kp.parse_packet(first), TS_INIT)] == [Trade, Quote]
-    assert norm.normalize(kp.parse_packet(first), TS_INIT + 1) == []
+    assert [type(r) for r in norm.normalize(kt.parse_packet(first), TS_INIT)] == [Trade, Quote]
+    assert norm.normalize(kt.parse_packet(first), TS_INIT + 1) == []
     # same last trade time, volume grew: a second trade within the second; book unchanged
     same_second = _full_packet(INFY, last=157_375, volume=110, bid=(157_365, 5), ask=(157_370, 9))
-    [trade] = norm.normalize(kp.parse_packet(same_second), TS_INIT + 2)
+    [trade] = norm.normalize(kt.parse_packet(same_second), TS_INIT + 2)
     assert isinstance(trade, Trade) and trade.price == to_fixed("1573.75")
     # only the book moved
     book = _full_packet(INFY, last=157_375, volume=110, bid=(157_370, 1), ask=(157_375, 2))
-    [quote] = norm.normalize(kp.parse_packet(book), TS_INIT + 3)
+    [quote] = norm.normalize(kt.parse_packet(book), TS_INIT + 3)
     assert isinstance(quote, Quote) and quote.bid_price == to_fixed("1573.70")
     # state survives a snapshot round trip
-    restored = kp.TickNormalizer(instruments)
+    restored = kt.TickNormalizer(instruments)
     restored.restore(json.loads(json.dumps(norm.snapshot())))
-    assert restored.normalize(kp.parse_packet(book), TS_INIT + 4) == []
+    assert restored.normalize(kt.parse_packet(book), TS_INIT + 4) == []
 
 
 def test_tick_without_trade_time_or_depth_emits_nothing(
     shared_data: Path, instruments: InstrumentMap
 ) -> None:
-    norm = kp.TickNormalizer(instruments)
-    assert norm.normalize(kp.parse_packet(_packet(shared_data, "quote")), TS_INIT) == []
-    assert norm.normalize(kp.parse_packet(struct.pack(">Ii", INFY, 1)), TS_INIT) == []
+    norm = kt.TickNormalizer(instruments)
+    assert norm.normalize(kt.parse_packet(_packet(shared_data, "quote")), TS_INIT) == []
+    assert norm.normalize(kt.parse_packet(struct.pack(">Ii", INFY, 1)), TS_INIT) == []
     no_trade_yet = _full_packet(INFY, last=0, ltq=0, volume=0, ltt=0, bid=(100, 1))
-    [quote] = norm.normalize(kp.parse_packet(no_trade_yet), TS_INIT)
+    [quote] = norm.normalize(kt.parse_packet(no_trade_yet), TS_INIT)
     assert isinstance(quote, Quote) and quote.ask_price is None and quote.ask_size is None
 
 
 def test_crossed_book_is_flagged(instruments: InstrumentMap) -> None:
     packet = _full_packet(INFY, last=100, bid=(101, 1), ask=(100, 1))
-    quote = kp.TickNormalizer(instruments).normalize(kp.parse_packet(packet), TS_INIT)[-1]
+    quote = kt.TickNormalizer(instruments).normalize(kt.parse_packet(packet), TS_INIT)[-1]
     assert isinstance(quote, Quote) and quote.flags == ["CROSSED"]
 
 
 def test_tick_for_unknown_token_is_malformed(instruments: InstrumentMap) -> None:
     packet = _full_packet((77 << 8) | 1, last=100)
-    [bad] = kp.TickNormalizer(instruments).normalize(kp.parse_packet(packet), TS_INIT)
+    [bad] = kt.TickNormalizer(instruments).normalize(kt.parse_packet(packet), TS_INIT)
     assert isinstance(bad, Malformed) and bad.reason == "unknown_instrument" and bad.raw == packet
 
 
@@ -437,10 +439,11 @@ def test_order_history_maps_each_kite_status(shared_data: Path) -> None:
 
 
 def test_order_book_orders_map_with_exact_prices(shared_data: Path) -> None:
-    orders = json.loads(_mock(shared_data, "orders.json").read_text())["data"]  # floats
+    # decoded as the feed and the postback receiver decode: exact decimals, never floats
+    orders = loads_exact(_mock(shared_data, "orders.json").read_bytes())["data"]
     by_id = {}
     for order in orders:
-        report, fill = kp.order_to_records(order, previous=None, ts_init=TS_INIT)
+        report, fill = ko.order_to_records(order, previous=None, ts_init=TS_INIT)
         by_id[order["order_id"]] = (report, fill)
     cds, cds_fill = by_id["100000000000000"]
     assert (cds.exec_type, cds.order_status, cds.leaves_quantity) == (
@@ -518,7 +521,7 @@ def test_partial_fills_become_one_fill_per_increase_at_the_implied_price(
 def test_unknown_status_is_kept_in_raw_event(shared_data: Path) -> None:
     order = json.loads(_mock(shared_data, "postback.json").read_text())
     order = {**order, "status": "SOMETHING NEW", "filled_quantity": 0}
-    report, fill = kp.order_to_records(order, previous=None, ts_init=TS_INIT)
+    report, fill = ko.order_to_records(order, previous=None, ts_init=TS_INIT)
     assert (report.exec_type, report.order_status, report.raw_event) == (
         ExecType.OTHER,
         OrderStatus.UNKNOWN,
@@ -529,8 +532,9 @@ def test_unknown_status_is_kept_in_raw_event(shared_data: Path) -> None:
 
 def test_order_update_without_side_is_a_parse_error(shared_data: Path) -> None:
     order = json.loads(_mock(shared_data, "postback.json").read_text())
-    with pytest.raises(kp.KiteParseError, match="transaction_type"):
-        kp.order_to_records({**order, "transaction_type": None}, previous=None, ts_init=TS_INIT)
+    with pytest.raises(FeedParseError, match="transaction_type") as err:
+        ko.order_to_records({**order, "transaction_type": None}, previous=None, ts_init=TS_INIT)
+    assert err.value.reason == "missing_field" and "order 220303000308932" in str(err.value)
 
 
 # ---- postback ---------------------------------------------------------------------------
@@ -612,10 +616,10 @@ def test_postback_receiver_accepts_valid_and_rejects_bad_checksum_over_http(
         assert (bad.status_code, bad.json()["reason"]) == (401, "bad_checksum")
         assert _counter("bad_checksum") == before + 1
 
-        before_malformed = _counter("malformed")
+        before_junk = _counter("bad_json")
         junk = http.post(server.url, content=b"{not json")
-        assert junk.status_code == 400
-        assert _counter("malformed") == before_malformed + 1
+        assert (junk.status_code, junk.json()["reason"]) == (400, "bad_json")
+        assert _counter("bad_json") == before_junk + 1
         elsewhere = f"http://127.0.0.1:{server.port}/elsewhere"
         assert http.post(elsewhere, content=b"{}").status_code == 404
     assert len(received) == 2  # nothing from the rejected ones
@@ -700,6 +704,8 @@ def test_feed_against_a_real_websocket_server_yields_records_field_by_field(
         json.dumps({"type": "order", "data": postback}),
         json.dumps({"type": "message", "data": "market opens soon"}),
         json.dumps({"type": "error", "data": "Invalid instrument token"}),
+        "{not json",
+        json.dumps({"type": "order", "data": {**postback, "transaction_type": None}}),
         truncated,
     ]
     server = KiteServer(script)
@@ -712,7 +718,7 @@ def test_feed_against_a_real_websocket_server_yields_records_field_by_field(
         await feed.subscribe(["NSE:INFY", "nse:centralbk-be"])
         assert feed.subscribed == {"NSE:INFY", "NSE:CENTRALBK-BE"}
         events = feed.events()
-        got = [await asyncio.wait_for(anext(events), 2) for _ in range(7)]
+        got = [await asyncio.wait_for(anext(events), 2) for _ in range(9)]
         await feed.unsubscribe(["NSE:CENTRALBK-BE"])
         assert feed.subscribed == {"NSE:INFY"}
         for _ in range(50):
@@ -725,7 +731,9 @@ def test_feed_against_a_real_websocket_server_yields_records_field_by_field(
         await gen.aclose()
         return got
 
-    trade, quote_rec, opened_rep, done_rep, fill, venue_error, bad = asyncio.run(scenario())
+    trade, quote_rec, opened_rep, done_rep, fill, venue_error, junk, sideless, bad = asyncio.run(
+        scenario()
+    )
     assert server.received == [
         {"a": "subscribe", "v": [INFY, 3813889]},
         {"a": "mode", "v": ["full", [INFY, 3813889]]},
@@ -773,8 +781,11 @@ def test_feed_against_a_real_websocket_server_yields_records_field_by_field(
     )
     assert isinstance(venue_error, Malformed) and venue_error.reason == "venue_error"
     assert venue_error.error == "Invalid instrument token"
+    assert isinstance(junk, Malformed) and (junk.reason, junk.raw) == ("bad_json", b"{not json")
+    assert isinstance(sideless, Malformed) and sideless.reason == "missing_field"
+    assert "transaction_type" in sideless.error
     assert isinstance(bad, Malformed)
-    assert (bad.reason, bad.raw, bad.received_ns) == ("bad_frame", truncated, TS_INIT)
+    assert (bad.reason, bad.raw, bad.received_ns) == ("truncated_packet", truncated, TS_INIT)
 
 
 def test_feed_raises_disconnected_when_the_server_drops_the_link(

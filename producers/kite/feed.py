@@ -14,9 +14,11 @@ so this feed speaks it with ``websockets``::
     receive   binary: ticks (1-byte messages are heartbeats); text: JSON order updates,
               errors and broadcast messages
 
-and decodes with :mod:`producers.kite.parsing`, whose output the tests check against
-``KiteTicker._parse_binary`` itself. Dead links are found by websocket pings
-(``ping_interval_s``), as the SDK does.
+and decodes with :mod:`producers.kite.ticks` (binary; the tests check its output against
+``KiteTicker._parse_binary`` itself), :mod:`producers.kite.messages` (text) and
+:mod:`producers.kite.orders` (order updates → records). Whatever they refuse is yielded as
+a ``Malformed`` with the reason of their :class:`~core.errors.FeedParseError`. Dead links
+are found by websocket pings (``ping_interval_s``), as the SDK does.
 
 Symbols are ``"EXCHANGE:TRADINGSYMBOL"`` (``"NSE:INFY"``), mapped to instrument tokens
 through the day's :class:`~producers.kite.instruments.InstrumentMap`. Every instrument is
@@ -42,20 +44,13 @@ from websockets.exceptions import (
     WebSocketException,
 )
 
+from core.errors import FeedParseError
 from producers.base import FeedDisconnected, FeedError, FeedEvent, Malformed, MarketDataFeed
 from producers.kite.config import KiteConfig
 from producers.kite.instruments import InstrumentMap
-from producers.kite.parsing import (
-    MODE_FULL,
-    SOURCE,
-    KiteParseError,
-    OrderTracker,
-    OrderUpdate,
-    TickNormalizer,
-    VenueError,
-    decode_frame,
-    parse_text_message,
-)
+from producers.kite.messages import OrderUpdate, VenueError, parse_text_message
+from producers.kite.orders import OrderTracker
+from producers.kite.ticks import MODE_FULL, SOURCE, TickNormalizer, decode_frame
 
 __all__ = ["MAX_INSTRUMENTS", "KiteFeed"]
 
@@ -205,14 +200,11 @@ class KiteFeed(MarketDataFeed):
         raw = message.encode("utf-8")
         try:
             parsed = parse_text_message(message)
-        except KiteParseError as exc:
-            return [Malformed(self.source, raw, "bad_text", str(exc), ts_init)]
-        if isinstance(parsed, OrderUpdate):
-            try:
+            if isinstance(parsed, OrderUpdate):
                 report, fill = self.tracker.apply(parsed.order, ts_init)
-            except KiteParseError as exc:
-                return [Malformed(self.source, raw, "bad_order_update", str(exc), ts_init)]
-            return [report] if fill is None else [report, fill]
+                return [report] if fill is None else [report, fill]
+        except FeedParseError as exc:
+            return [Malformed.from_error(self.source, raw, exc, ts_init)]
         if isinstance(parsed, VenueError):
             log.warning("kite websocket error message", extra={"error": parsed.message})
             return [Malformed(self.source, raw, "venue_error", parsed.message, ts_init)]

@@ -2,10 +2,13 @@
 
 Kite POSTs the order object as a raw JSON body to the app's postback URL when an order
 placed through the app's api_key changes status (COMPLETE, CANCEL, REJECTED, UPDATE). The
-body carries ``checksum`` = SHA-256 hex of ``order_id + order_timestamp + api_secret``; a
+body carries ``checksum`` = SHA-256 hex of ``order_id + order_timestamp + api_secret``
+(:func:`postback_checksum`; :func:`verify_postback_checksum` compares in constant time). A
 body whose checksum does not verify is rejected (HTTP 401) and counted in
 ``kite_postback_rejected_total{reason="bad_checksum"}``; a body that is not a JSON order
-object is rejected (HTTP 400) and counted with ``reason="malformed"``.
+object we can map is rejected (HTTP 400) and counted with the parse error's reason
+(``bad_json``, ``bad_frame``, ``missing_field``, ``bad_decimal`` ...; see
+:class:`~core.errors.FeedParseError`).
 
 :class:`KitePostbackServer` is stdlib ``http.server`` on a daemon thread (one small JSON
 POST at a time needs nothing more). Its callback runs on the server's thread: from asyncio,
@@ -15,12 +18,13 @@ behind a TLS-terminating proxy: Kite posts to an https URL.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from decimal import Decimal
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
@@ -28,13 +32,9 @@ from typing import Any, Final
 from prometheus_client import Counter
 from pydantic import SecretStr
 
-from core.errors import OmniquantError
-from producers.kite.parsing import (
-    KiteParseError,
-    OrderTracker,
-    order_to_records,
-    verify_postback_checksum,
-)
+from core.errors import FeedParseError
+from producers._fields import loads_object
+from producers.kite.orders import OrderTracker, order_to_records
 from schemas.models import ExecutionReport, Fill
 
 __all__ = [
@@ -43,25 +43,30 @@ __all__ = [
     "PostbackRejected",
     "decode_postback_body",
     "parse_postback",
+    "postback_checksum",
+    "verify_postback_checksum",
 ]
 
 log = logging.getLogger(__name__)
 
 POSTBACK_REJECTED: Final = Counter(
     "kite_postback_rejected_total",
-    "Kite order postbacks rejected (bad checksum or malformed body)",
+    "Kite order postbacks rejected (bad checksum or a body we cannot map), by reason",
     ["reason"],
 )
 MAX_BODY_BYTES: Final = 64 * 1024
 Clock = Callable[[], int]
 
 
-class PostbackRejected(OmniquantError):
-    """A postback that must not be trusted. ``reason``: "bad_checksum" or "malformed"."""
+class PostbackRejected(FeedParseError):
+    """A postback that must not be trusted: ``reason`` "bad_checksum" (answered 401) or the
+    reason of the parse error that refused its body (answered 400)."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+    @property
+    def http_status(self) -> HTTPStatus:
+        if self.reason == "bad_checksum":
+            return HTTPStatus.UNAUTHORIZED
+        return HTTPStatus.BAD_REQUEST
 
 
 def _reject(reason: str, message: str) -> PostbackRejected:
@@ -69,15 +74,33 @@ def _reject(reason: str, message: str) -> PostbackRejected:
     return PostbackRejected(reason, message)
 
 
+def _secret(api_secret: str | SecretStr) -> str:
+    return api_secret.get_secret_value() if isinstance(api_secret, SecretStr) else api_secret
+
+
+def postback_checksum(order_id: str, order_timestamp: str, api_secret: str | SecretStr) -> str:
+    """SHA-256 hex of ``order_id + order_timestamp + api_secret`` (Kite postback docs)."""
+    material = order_id + order_timestamp + _secret(api_secret)
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+
+def verify_postback_checksum(payload: Mapping[str, Any], api_secret: str | SecretStr) -> bool:
+    """True only if ``payload["checksum"]`` is the checksum of its order_id/order_timestamp
+    under ``api_secret`` (constant-time compare). Missing fields → False."""
+    order_id, order_ts = payload.get("order_id"), payload.get("order_timestamp")
+    checksum = payload.get("checksum")
+    if not (isinstance(order_id, str) and isinstance(order_ts, str) and isinstance(checksum, str)):
+        return False
+    expected = postback_checksum(order_id, order_ts, api_secret)
+    return hmac.compare_digest(expected.encode("ascii"), checksum.encode("utf-8"))
+
+
 def decode_postback_body(body: bytes) -> dict[str, Any]:
-    """The JSON object of a postback body (fractional numbers as Decimal)."""
+    """The JSON object of a postback body (exact: fractional numbers as Decimal)."""
     try:
-        payload = json.loads(body, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _reject("malformed", f"postback body is not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise _reject("malformed", "postback body is not a JSON object")
-    return payload
+        return loads_object(body)
+    except FeedParseError as exc:
+        raise _reject(exc.reason, f"postback body: {exc}") from None
 
 
 def parse_postback(
@@ -101,8 +124,8 @@ def parse_postback(
         if tracker is not None:
             return tracker.apply(payload, ts_init)
         return order_to_records(payload, previous=None, ts_init=ts_init)
-    except KiteParseError as exc:
-        raise _reject("malformed", f"postback order cannot be mapped: {exc}") from None
+    except FeedParseError as exc:
+        raise _reject(exc.reason, f"postback order cannot be mapped: {exc}") from None
 
 
 class KitePostbackServer:
@@ -183,8 +206,7 @@ class KitePostbackServer:
             )
         except PostbackRejected as exc:
             log.warning("kite postback rejected", extra={"reason": exc.reason, "error": str(exc)})
-            status = HTTPStatus.UNAUTHORIZED if exc.reason == "bad_checksum" else 400
-            return int(status), exc.reason
+            return int(exc.http_status), exc.reason
         try:
             self._on_record(report)
             if fill is not None:
