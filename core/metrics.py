@@ -64,3 +64,22 @@ PORTFOLIO_EQUITY = Gauge(
 POSITION_VALUE = Gauge(
     "trading_position_value", "Marked value of a position (signed)", ["account", "symbol"]
 )
+DAILY_PNL = Gauge(
+    "trading_daily_pnl", "PnL since the start of the session day (exchange time zone)", ["account"]
+)
+PNL_CHANGES = Histogram(
+    "trading_pnl",
+    "Equity change per risk observation (bar close), in account currency",
+    ["account"],
+    buckets=(-10_000, -2_500, -1_000, -250, -100, -10, 0, 10, 100, 250, 1_000, 2_500, 10_000),
+)
+VALUE_AT_RISK = Gauge(
+    "trading_var",
+    "Value at risk over one observation, positive loss",
+    ["account", "method", "level"],
+)
+EXPECTED_SHORTFALL = Gauge(
+    "trading_expected_shortfall", "Expected shortfall (CVaR), positive loss", ["account", "level"]
+)
+DRAWDOWN = Gauge("trading_drawdown", "Current drawdown from the equity peak (0..1)", ["account"])
+MAX_DRAWDOWN = Gauge("trading_max_drawdown", "Largest drawdown so far (0..1)", ["account"])

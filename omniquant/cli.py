@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
@@ -229,6 +229,41 @@ for _spec in STAGES:
 
 
 # ---- run ----------------------------------------------------------------------------
+def _accounts_table(sup: Any) -> Table | None:
+    """Per account: the figures the stages export by account (equity, VaR, drawdown ...)."""
+    from omniquant.supervisor import account_figures
+
+    figures = account_figures(sup.stages)
+    if not figures:
+        return None
+    columns = [f for s in sup.stages for f in s.spec.account_figures]
+    table = Table(title="accounts")
+    table.add_column("account")
+    for item in columns:
+        table.add_column(item.label, justify="right")
+    for account in sorted(figures):
+        row = figures[account]
+        cells = []
+        for item in columns:
+            value = row.get(item.label)
+            if value is None:
+                cells.append("-")
+            elif item.money:
+                cells.append(f"{value:,.2f}")
+            else:
+                cells.append(f"{value:.2%}" if item.percent else f"{value:,.4f}")
+        table.add_row(account, *cells)
+    return table
+
+
+def _live_view(sup: Any) -> Group:
+    tables = [_live_table(sup)]
+    accounts = _accounts_table(sup)
+    if accounts is not None:
+        tables.append(accounts)
+    return Group(*tables)
+
+
 def _live_table(sup: Any) -> Table:
     elapsed = time.monotonic() - sup.started_at if sup.started_at else 0.0
     table = Table(title=f"omniquant run — {elapsed:5.1f} s — {sup.outcome}")
@@ -296,7 +331,7 @@ def run(
     def print_progress(sup: Supervisor) -> None:
         if time.monotonic() - last_print[0] >= 5.0:
             last_print[0] = time.monotonic()
-            console.print(_live_table(sup))
+            console.print(_live_view(sup))
 
     if use_live:
         with Live(console=console, refresh_per_second=2) as view:
@@ -306,10 +341,10 @@ def run(
                 duration=duration,
                 log_dir=log_dir,
                 drain_timeout=drain_timeout,
-                on_tick=lambda s: view.update(_live_table(s)),
+                on_tick=lambda s: view.update(_live_view(s)),
             )
             code = supervisor.run()
-            view.update(_live_table(supervisor))
+            view.update(_live_view(supervisor))
     else:
         supervisor = Supervisor(
             settings,
@@ -320,7 +355,7 @@ def run(
             on_tick=print_progress,
         )
         code = supervisor.run()
-        console.print(_live_table(supervisor))
+        console.print(_live_view(supervisor))
     elapsed = time.monotonic() - supervisor.started_at
     if code != 0:
         err_console.print(f"[red]run failed after {elapsed:.1f} s: {supervisor.outcome}[/red]")
@@ -348,6 +383,10 @@ def _print_summary(settings: Settings, supervisor: Any, elapsed: float) -> None:
             stage.detail(),
         )
     console.print(stages)
+    accounts = _accounts_table(supervisor)
+    if accounts is not None:
+        accounts.title = "accounts (last figures of the stages that export them)"
+        console.print(accounts)
     db = settings.clickhouse.database
     try:
         client = connect_clickhouse(settings)

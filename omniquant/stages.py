@@ -49,6 +49,7 @@ class LiveFigure:
     metric: MetricWrapperBase
     labels: tuple[tuple[str, str], ...] = ()  # only samples carrying these labels
     money: bool = False  # shown with two decimals
+    percent: bool = False  # a fraction, shown as a percentage
 
     @property
     def sample_name(self) -> str:
@@ -62,6 +63,18 @@ class LiveFigure:
             for (sample, labels), value in samples.items()
             if sample == name and wanted <= set(labels)
         )
+
+    def read_by(self, samples: MetricSamples, label: str) -> dict[str, float]:
+        """Per value of ``label`` (e.g. per account): the figure over its samples."""
+        wanted, name = set(self.labels), self.sample_name
+        out: dict[str, float] = {}
+        for (sample, labels), value in samples.items():
+            if sample != name or not wanted <= set(labels):
+                continue
+            key = dict(labels).get(label)
+            if key is not None:
+                out[key] = out.get(key, 0.0) + value
+        return out
 
     def format(self, samples: MetricSamples) -> str:
         value = self.read(samples)
@@ -94,6 +107,8 @@ class StageSpec:
     outputs: tuple[str, ...]  # logical topics it produces
     dead_letter: str | None  # dead-letter app name: records it cannot handle → dlq.<name>
     figures: tuple[LiveFigure, ...] = ()
+    # per-account figures this stage exports (the live view's accounts table)
+    account_figures: tuple[LiveFigure, ...] = ()
     options: tuple[StageOption, ...] = ()
     # every record topic of the catalog (the sink): inputs are computed, not listed
     reads_all_records: bool = False
@@ -178,6 +193,7 @@ STAGES: tuple[StageSpec, ...] = (
         outputs=("positions", "portfolio"),
         dead_letter="portfolio",
         figures=(LiveFigure("equity", metrics.PORTFOLIO_EQUITY, money=True),),
+        account_figures=(LiveFigure("equity", metrics.PORTFOLIO_EQUITY, money=True),),
     ),
     StageSpec(
         name="sink-clickhouse",

@@ -162,6 +162,16 @@ def scrape(port: int, timeout: float = 0.5) -> dict[tuple[str, tuple[tuple[str, 
     return out
 
 
+def account_figures(stages: Sequence[Stage]) -> dict[str, dict[str, float]]:
+    """account → {figure label: value}, over every stage's per-account figures."""
+    out: dict[str, dict[str, float]] = {}
+    for stage in stages:
+        for item in stage.spec.account_figures:
+            for account, value in item.read_by(stage.samples, "account").items():
+                out.setdefault(account, {})[item.label] = value
+    return out
+
+
 class Supervisor:
     def __init__(
         self,

@@ -158,3 +158,19 @@ def test_source_produced_count_is_the_exact_override_when_set(tmp_path: Path) ->
     assert feed.produced == 7.0 and feed.figure("trades") == 7.0
     feed.produced_override = 9
     assert feed.produced == 9 and feed.figure("trades") == 9
+
+
+def test_account_figures_break_labelled_metrics_down_by_account(tmp_path: Path) -> None:
+    from omniquant.supervisor import account_figures
+
+    supervised = {s.name: s for s in pipeline_stages(_settings(tmp_path))}
+    portfolio = supervised["portfolio"]
+    portfolio.samples = {
+        ("trading_portfolio_equity", (("account", "paper"),)): 1_000_100.5,
+        ("trading_portfolio_equity", (("account", "desk-2"),)): 250_000.0,
+        ("omniquant_fills_total", (("venue", "PAPER"),)): 3.0,
+    }
+    assert account_figures(list(supervised.values())) == {
+        "paper": {"equity": 1_000_100.5},
+        "desk-2": {"equity": 250_000.0},
+    }
