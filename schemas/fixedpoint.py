@@ -13,7 +13,7 @@ Range: |value| < 9.22e9 units per field, ample for prices, quantities and per-or
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Final
 
 SCALE: Final[int] = 9
@@ -34,7 +34,13 @@ def to_fixed(value: Decimal | int | str) -> int:
         dec = Decimal(value)
     except InvalidOperation as exc:
         raise FixedPointError(f"not a decimal number: {value!r}") from exc
-    raw = dec.scaleb(SCALE)
+    if not dec.is_finite():
+        raise FixedPointError(f"{value} is not a finite number")
+    if dec and dec.adjusted() > 18 - SCALE:  # |value| >= 1e10 cannot fit: fail before scaling
+        raise FixedPointError(f"{value} is outside the int64 fixed-point range")
+    with localcontext() as ctx:  # enough digits that scaling is exact, never rounded
+        ctx.prec = len(dec.as_tuple().digits) + SCALE + 2
+        raw = dec.scaleb(SCALE)
     if raw != raw.to_integral_value():
         raise FixedPointError(f"{value} has more than {SCALE} decimal places")
     result = int(raw)
