@@ -19,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -204,6 +205,32 @@ class StrategySettings(_Section):
         return self
 
 
+class BarSettings(_Section):
+    """The bars stage: event-time OHLCV bars per symbol on the bars topic."""
+
+    intervals_ms: list[int] = Field(
+        default_factory=lambda: [1000, 60_000, 300_000],
+        description="bar lengths in ms, JSON list: [1000, 60000, 300000]",
+    )
+    grace_ms: int = Field(
+        default=0, ge=0, description="a bar closes once event time passes its end + grace"
+    )
+    rule: Literal["all", "lean"] = Field(
+        default="all",
+        description="which trades set prices: all, or lean (AlgoSeek/Lean sale-condition "
+        "codes: official open/close prints out, sweeps, odd lots, average-price and "
+        "derivatively-priced trades count for volume only in regular hours)",
+    )
+
+    @model_validator(mode="after")
+    def _intervals(self) -> BarSettings:
+        if not self.intervals_ms or any(i < 1 for i in self.intervals_ms):
+            raise ValueError("intervals_ms: give at least one interval, each >= 1 ms")
+        if len(set(self.intervals_ms)) != len(self.intervals_ms):
+            raise ValueError("intervals_ms: an interval is listed twice")
+        return self
+
+
 class PortfolioSettings(_Section):
     """The portfolio stage: positions per account from fills, marked on trades."""
 
@@ -229,6 +256,38 @@ class PortfolioSettings(_Section):
         return self.account_cash.get(account, self.starting_cash)
 
 
+class RiskMetricsSettings(_Section):
+    """The risk-metrics stage: VaR, ES, volatility, drawdown and daily loss per account."""
+
+    cadence_ms: int = Field(
+        default=1000,
+        ge=1,
+        description="observe equity at each close of bars this long (event time); the VaR "
+        "horizon is one bar. 1000 matches the strategy's bars; use 60000 for minute bars",
+    )
+    window: int = Field(default=250, ge=2, description="returns in the historical window")
+    min_returns: int = Field(default=30, ge=2, description="returns before statistics start")
+    ewma_lambda: Decimal = Field(default=Decimal("0.94"), gt=0, lt=1, description="RiskMetrics")
+    daily_loss_limit: Decimal = Field(default=Decimal("10000"), gt=0)
+    daily_loss_warning: Decimal = Field(
+        default=Decimal("0.8"), gt=0, le=1, description="warning at this share of the limit"
+    )
+    drawdown_alert: Decimal = Field(default=Decimal("0.15"), gt=0, le=1)
+    timezone: str = Field(default="America/New_York", description="exchange time zone")
+    day_cut: str = Field(default="00:00", pattern=r"^[0-2][0-9]:[0-5][0-9]$")
+    backtest_window: int = Field(default=250, ge=1, description="VaR backtest periods")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RiskMetricsSettings:
+        if self.min_returns > self.window:
+            raise ValueError("min_returns must not exceed window")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone: {self.timezone!r} is not an IANA time zone") from None
+        return self
+
+
 class Settings(BaseSettings):
     """All settings. Build with :func:`load_settings` to get a ConfigError on bad input."""
 
@@ -248,7 +307,9 @@ class Settings(BaseSettings):
     feeds: FeedCredentials = FeedCredentials()
     stack: StackSettings = StackSettings()
     strategy: StrategySettings = StrategySettings()
+    bars: BarSettings = BarSettings()
     portfolio: PortfolioSettings = PortfolioSettings()
+    risk_metrics: RiskMetricsSettings = RiskMetricsSettings()
     topic_prefix: str = Field(
         default="omniquant.",
         description="prepended to every topic name (a backtest runs in its own namespace)",

@@ -23,6 +23,17 @@ SINK_ROWS = Counter("omniquant_sink_rows_total", "Rows written to ClickHouse", [
 LATE_TRADES = Counter(
     "omniquant_late_trades_total", "Trades older than the current bar, ignored by signals", []
 )
+BARS = Counter("omniquant_bars_total", "Bars published", ["interval_ms"])
+BAR_LATE_TRADES = Counter(
+    "omniquant_bar_late_trades_total",
+    "Trades whose bar had closed (sent to the late-trades topic)",
+    ["interval_ms"],
+)
+BAR_TRADES_LEFT_OUT = Counter(
+    "omniquant_bar_trades_left_out_total",
+    "Trades the bar rule kept out of prices (volume-only) or out of the bar (excluded)",
+    ["use", "reason"],
+)
 APP_UP = Gauge("omniquant_app_up", "1 while the app runs", ["app"])
 
 

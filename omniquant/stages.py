@@ -50,6 +50,7 @@ class LiveFigure:
     labels: tuple[tuple[str, str], ...] = ()  # only samples carrying these labels
     money: bool = False  # shown with two decimals
     percent: bool = False  # a fraction, shown as a percentage
+    count: bool = False  # how many label sets have a sample (e.g. accounts), not their sum
 
     @property
     def sample_name(self) -> str:
@@ -58,11 +59,12 @@ class LiveFigure:
 
     def read(self, samples: MetricSamples) -> float:
         wanted, name = set(self.labels), self.sample_name
-        return sum(
+        matching = [
             value
             for (sample, labels), value in samples.items()
             if sample == name and wanted <= set(labels)
-        )
+        ]
+        return float(len(matching)) if self.count else sum(matching)
 
     def read_by(self, samples: MetricSamples, label: str) -> dict[str, float]:
         """Per value of ``label`` (e.g. per account): the figure over its samples."""
@@ -156,6 +158,18 @@ STAGES: tuple[StageSpec, ...] = (
         ),
     ),
     StageSpec(
+        name="bars",
+        entry_point="streams.bars:run",
+        summary="Quix app: trades → event-time OHLCV bars (VWAP, count); late trades kept.",
+        inputs=("market.trades",),
+        outputs=("market.bars", "market.trades.late"),
+        dead_letter="bars",
+        figures=(
+            LiveFigure("bars", metrics.BARS),
+            LiveFigure("late trades", metrics.BAR_LATE_TRADES),
+        ),
+    ),
+    StageSpec(
         name="signals",
         entry_point="streams.signals:run",
         summary="Quix app: trades → event-time bars → SMA crossover → signals, order requests.",
@@ -194,6 +208,27 @@ STAGES: tuple[StageSpec, ...] = (
         dead_letter="portfolio",
         figures=(LiveFigure("equity", metrics.PORTFOLIO_EQUITY, money=True),),
         account_figures=(LiveFigure("equity", metrics.PORTFOLIO_EQUITY, money=True),),
+    ),
+    StageSpec(
+        name="risk-metrics",
+        entry_point="streams.risk_metrics:run",
+        summary="Quix app: portfolio → VaR, ES, volatility, drawdown, daily PnL, VaR backtest.",
+        inputs=("portfolio",),
+        outputs=("risk.metrics", "alerts"),
+        dead_letter="risk-metrics",
+        figures=(LiveFigure("accounts", metrics.DAILY_PNL, count=True),),
+        account_figures=(
+            LiveFigure("daily PnL", metrics.DAILY_PNL, money=True),
+            LiveFigure(
+                "VaR 99",
+                metrics.VALUE_AT_RISK,
+                (("method", "HISTORICAL"), ("level", "99")),
+                money=True,
+            ),
+            LiveFigure("ES 97.5", metrics.EXPECTED_SHORTFALL, (("level", "975"),), money=True),
+            LiveFigure("drawdown", metrics.DRAWDOWN, percent=True),
+            LiveFigure("max drawdown", metrics.MAX_DRAWDOWN, percent=True),
+        ),
     ),
     StageSpec(
         name="sink-clickhouse",
