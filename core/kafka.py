@@ -231,13 +231,19 @@ class LagProbe:
         return consumer
 
     def lag(self, group: str, topics: Iterable[str], timeout: float = 2.0) -> int:
+        """Lag of ``group`` over ``topics`` and over the repartition topics Quix made for the
+        group (``repartition__<group>--...``): a stage that re-keys has caught up only when
+        its own repartition topic is drained too."""
         consumer = self._consumer(group)
         topic_list = list(topics)
+        internal = f"repartition__{group}--"
 
         def query() -> int:
+            existing = consumer.list_topics(timeout=timeout).topics
+            names = [*topic_list, *sorted(t for t in existing if t.startswith(internal))]
             partitions: list[TopicPartition] = []
-            for topic in topic_list:
-                meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+            for topic in names:
+                meta = existing.get(topic)
                 if meta is None:
                     continue
                 partitions.extend(TopicPartition(topic, p) for p in meta.partitions)
