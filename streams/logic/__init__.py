@@ -2,24 +2,47 @@
 Kafka and to Quix state (each snapshots to a JSON-able dict and restores from it).
 
 - :class:`SmaCrossover` — trades → event-time bar closes → fast/slow SMA crossovers
+- :class:`BarBuilder` — trades → event-time OHLCV bars (VWAP, count), grace, late trades
 - :func:`signal_to_order` — signal → target-position order request, deterministic id
 - :class:`PreTradeRisk` — order request + :class:`SymbolRiskState` → risk decision
 - :class:`PositionLedger` — fills and marks → positions with exact average-cost PnL
+- :class:`SymbolBook`, :class:`AccountBook` — positions per symbol, books per account
+- :class:`RiskMetricsEngine` — equity observations → VaR, ES, volatility, drawdown, daily PnL
+- :class:`VarBacktester` — VaR forecasts vs outcomes → Kupiec, Christoffersen, Basel zone
+- :class:`AccountRisk` — bar-close sampling of an account's equity + the two above
 """
 
+from streams.logic.account_risk import AccountRisk, RiskObservation
+from streams.logic.ohlcv import BarBuilder, BarRule, ClosedBar
 from streams.logic.orders import client_order_id_for, signal_to_order, target_position
+from streams.logic.portfolio import AccountBook, MarkSchedule, SymbolBook
 from streams.logic.positions import PositionLedger
 from streams.logic.risk import PreTradeRisk, RiskLimitsRaw, SymbolRiskState
 from streams.logic.sma import Crossover, SmaCrossover, TradeResult
+from streams.logic.var import RiskConfig, RiskMetricsEngine, RiskSnapshot
+from streams.logic.var_backtest import BacktestReport, VarBacktester
 
 __all__ = [
+    "AccountBook",
+    "AccountRisk",
+    "BacktestReport",
+    "BarBuilder",
+    "BarRule",
+    "ClosedBar",
     "Crossover",
+    "MarkSchedule",
     "PositionLedger",
     "PreTradeRisk",
+    "RiskConfig",
     "RiskLimitsRaw",
+    "RiskMetricsEngine",
+    "RiskObservation",
+    "RiskSnapshot",
     "SmaCrossover",
+    "SymbolBook",
     "SymbolRiskState",
     "TradeResult",
+    "VarBacktester",
     "client_order_id_for",
     "signal_to_order",
     "target_position",
