@@ -16,19 +16,33 @@ written with an older version decodes into today's model, with defaults for adde
 Decoding validates through the pydantic model: a record that does not satisfy the model is a
 :class:`SerdeError`, never a half-valid object. Encoding trusts the record (it was validated when
 it was built) and lets fastavro reject values that do not fit the schema.
+
+The hot path of the stream apps skips pydantic both ways, on dicts:
+
+- :meth:`AvroSerde.decode_dict` gives fastavro's dict (enums as their symbol strings, nested
+  records as dicts) and accepts exactly the bytes :meth:`AvroSerde.decode` accepts: the Avro
+  schema checks types and enum symbols, and the few model rules a schema cannot express
+  (string lengths, positive quantities; Avro ``long`` is int64 already) are checked by a
+  function compiled per model from its field constraints.
+- :meth:`AvroSerde.encode_dict` writes a dict of the model's fields (what ``model_dump()`` or
+  ``decode_dict`` give) with fastavro, unvalidated, like :meth:`AvroSerde.encode`.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
+import annotated_types
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import SchemaParseException
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
 
 from core.errors import ConfigError, SerdeError, StackError, UnknownSchemaError
 from schemas.compat import check_backward
@@ -74,6 +88,7 @@ class _Reader:
     writer: Any  # fastavro-parsed writer schema
     reader: Any  # fastavro-parsed current schema; None when the writer *is* the current schema
     label: str  # names the writer schema in error messages
+    check: _Check  # the model's rules beyond the schema, on the decoded dict
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,20 +158,42 @@ class AvroSerde:
                 f"{type(record).__name__} is not a value record with an Avro schema"
                 f" (one of {', '.join(m.__name__ for m in VALUE_MODELS)})"
             )
-        if self._client is None:
-            header = writer.single_object_header
-        else:
-            header = self._registry_header(type(record), writer.schema, topic)
         # Nested records must become dicts for fastavro; flat ones are read straight from the
         # model's field dict, which saves a model_dump() per record on the hot path.
         datum = record.model_dump() if writer.nested else record.__dict__
+        return self._write(type(record), writer, datum, topic)
+
+    def encode_dict(
+        self, model: type[Record], datum: Mapping[str, Any], topic: str | None = None
+    ) -> bytes:
+        """A dict of ``model``'s fields → framed Avro bytes, without building the model.
+
+        ``datum`` is what ``model_dump()`` or :meth:`decode_dict` give (enums as members or
+        symbol strings, nested records as dicts). Like :meth:`encode`, it is not validated:
+        fastavro rejects values that do not fit the schema (SerdeError).
+        """
+        writer = self._writers.get(model)
+        if writer is None:
+            raise SerdeError(
+                f"{model.__name__} is not a value record with an Avro schema"
+                f" (one of {', '.join(m.__name__ for m in VALUE_MODELS)})"
+            )
+        return self._write(model, writer, datum, topic)
+
+    def _write(
+        self, model: type[Record], writer: _Writer, datum: Mapping[str, Any], topic: str | None
+    ) -> bytes:
+        if self._client is None:
+            header = writer.single_object_header
+        else:
+            header = self._registry_header(model, writer.schema, topic)
         out = io.BytesIO()
         out.write(header)
         try:
             schemaless_writer(out, writer.schema.parsed, datum)
         except Exception as exc:  # fastavro raises ValueError, TypeError, OverflowError ...
             raise SerdeError(
-                f"cannot encode {type(record).__name__} with {writer.schema.full_name}:"
+                f"cannot encode {model.__name__} with {writer.schema.full_name}:"
                 f" {type(exc).__name__}: {exc}"
             ) from exc
         return out.getvalue()
@@ -178,8 +215,34 @@ class AvroSerde:
             )
         return cast(R, self._read(reader, data, offset, topic))  # reader.model is model
 
+    def decode_dict(
+        self, data: bytes, model: type[Record], topic: str | None = None
+    ) -> dict[str, Any]:
+        """Like :meth:`decode_as`, but the record comes back as fastavro's dict, not a model.
+
+        Accepts and refuses exactly what :meth:`decode_as` does (the model's rules are checked
+        on the dict); enums are their symbol strings and nested records dicts.
+        """
+        reader, offset = self._reader_of(data, topic)
+        if reader.model is not model:
+            raise SerdeError(
+                f"expected a {model.AVRO_NAME} but the record is a {reader.model.AVRO_NAME}"
+                f"{_on(topic)}"
+            )
+        values = self._read_values(reader, data, offset, topic)
+        problem = reader.check(values)
+        if problem is not None:
+            raise SerdeError(
+                f"decoded {reader.label} is not a valid {model.__name__}{_on(topic)}: {problem}"
+            )
+        return values
+
     def _reader_of(self, data: bytes, topic: str | None) -> tuple[_Reader, int]:
         """The reader for the framing header of ``data``, and where the body starts."""
+        if type(data) is bytes and data[:2] == SINGLE_OBJECT_MAGIC:  # the usual case, quickly
+            known = self._by_fingerprint.get(data[2:_SINGLE_OBJECT_HEADER_LEN])
+            if known is not None:
+                return known, _SINGLE_OBJECT_HEADER_LEN
         if not isinstance(data, bytes | bytearray | memoryview):
             raise SerdeError(f"expected bytes, got {type(data).__name__}{_on(topic)}")
         size = len(data)
@@ -213,6 +276,17 @@ class AvroSerde:
         )
 
     def _read(self, reader: _Reader, data: bytes, offset: int, topic: str | None) -> Record:
+        values = self._read_values(reader, data, offset, topic)
+        try:
+            return reader.model.model_validate(values)
+        except ValidationError as exc:
+            raise SerdeError(
+                f"decoded {reader.label} is not a valid {reader.model.__name__}{_on(topic)}: {exc}"
+            ) from exc
+
+    def _read_values(
+        self, reader: _Reader, data: bytes, offset: int, topic: str | None
+    ) -> dict[str, Any]:
         body = io.BytesIO(data)
         body.seek(offset)
         try:
@@ -226,20 +300,16 @@ class AvroSerde:
             raise SerdeError(
                 f"{len(data) - body.tell()} trailing bytes after a {reader.label} body{_on(topic)}"
             )
-        try:
-            return reader.model.model_validate(values)
-        except ValidationError as exc:
-            raise SerdeError(
-                f"decoded {reader.label} is not a valid {reader.model.__name__}{_on(topic)}: {exc}"
-            ) from exc
+        return cast(dict[str, Any], values)  # a record schema reads as a dict
 
     def _reader_for(
         self, model: type[Record], writer: Any, writer_fingerprint: int, label: str
     ) -> _Reader:
         current = self._schemas.current(model.AVRO_NAME)
+        check = model_check(model)
         if writer_fingerprint == current.fingerprint:
-            return _Reader(model, current.parsed, None, label)  # no resolution needed
-        return _Reader(model, writer, current.parsed, label)
+            return _Reader(model, current.parsed, None, label, check)  # no resolution needed
+        return _Reader(model, writer, current.parsed, label, check)
 
     # --- Confluent Schema Registry ----------------------------------------------------------------
 
@@ -264,7 +334,10 @@ class AvroSerde:
         self._registry_headers[(topic, model)] = header
         # Our own records come back under this id: no registry round trip to read them.
         self._by_schema_id.setdefault(
-            int(schema_id), _Reader(model, schema.parsed, None, f"{schema.label} id {schema_id}")
+            int(schema_id),
+            _Reader(
+                model, schema.parsed, None, f"{schema.label} id {schema_id}", model_check(model)
+            ),
         )
         return header
 
@@ -328,6 +401,178 @@ class AvroSerde:
             raise StackError(f"schema registry failed while {what}: {exc}") from exc
         except Exception as exc:  # transport: the registry is down, not the record bad
             raise StackError(f"schema registry unreachable while {what}: {exc}") from exc
+
+
+# --- the model's rules on a decoded dict --------------------------------------------------------
+
+_Check = Callable[[Mapping[str, Any]], "str | None"]  # None when valid, else what is wrong
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_CHECKS: dict[type[BaseModel], _Check] = {}
+
+
+def model_check(model: type[BaseModel]) -> _Check:
+    """A function telling what in a decoded dict breaks ``model``'s rules (None if nothing).
+
+    Built from the field constraints (``min_length``, ``max_length``, ``gt``, ``ge``, ``lt``,
+    ``le``) for values the Avro schema already typed: int64 bounds are skipped (an Avro long
+    is one), optional fields are checked when set, lists of records item by item. A model with
+    a rule this does not know is checked by pydantic instead, so nothing is let through.
+    """
+    check = _CHECKS.get(model)
+    if check is None:
+        check = _CHECKS[model] = _compile_check(model)
+    return check
+
+
+def _compile_check(model: type[BaseModel]) -> _Check:
+    field_checks: list[tuple[str, Callable[[Any], str | None]]] = []
+    try:
+        for name, info in model.model_fields.items():
+            check = _value_check(info.annotation, info.metadata)
+            if check is not None:
+                field_checks.append((name, check))
+    except _UnknownRule:
+        return _pydantic_check(model)
+    if not field_checks:
+        return _no_problem
+
+    def check_record(values: Mapping[str, Any]) -> str | None:
+        for name, check in field_checks:
+            problem = check(values[name])
+            if problem is not None:
+                return f"{name}: {problem}"
+        return None
+
+    return check_record
+
+
+class _UnknownRule(Exception):
+    pass
+
+
+def _no_problem(_values: Mapping[str, Any]) -> None:
+    return None
+
+
+def _pydantic_check(model: type[BaseModel]) -> _Check:
+    def check(values: Mapping[str, Any]) -> str | None:
+        try:
+            model.model_validate(values)
+        except ValidationError as exc:
+            return str(exc)
+        return None
+
+    return check
+
+
+def _value_check(annotation: Any, metadata: list[Any]) -> Callable[[Any], str | None] | None:
+    """The check of one value of ``annotation`` carrying ``metadata``; None when there is none."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        inner, *extra = typing.get_args(annotation)
+        return _value_check(inner, [*metadata, *extra])
+    own = _bounds_check(metadata)
+    if origin is typing.Union or origin is types.UnionType:
+        branches = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if own is not None or len(branches) != 1:
+            raise _UnknownRule
+        inner_check = _value_check(branches[0], [])
+        return None if inner_check is None else _optional(inner_check)
+    if origin is list:
+        item_check = _value_check(typing.get_args(annotation)[0], [])
+        return _all_of([c for c in (own, None if item_check is None else _each(item_check)) if c])
+    if origin is not None:  # dict[str, str] ...: nothing inside may carry a rule
+        if any(_value_check(arg, []) is not None for arg in typing.get_args(annotation)):
+            raise _UnknownRule
+        return own
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        record_check = model_check(annotation)
+        nested = None if record_check is _no_problem else record_check
+        return _all_of([c for c in (own, nested) if c])
+    return own
+
+
+def _optional(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    def optional(value: Any) -> str | None:
+        return None if value is None else check(value)
+
+    return optional
+
+
+def _each(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    def each(values: Any) -> str | None:
+        for i, value in enumerate(values):
+            problem = check(value)
+            if problem is not None:
+                return f"[{i}] {problem}"
+        return None
+
+    return each
+
+
+def _all_of(checks: list[Callable[[Any], str | None]]) -> Callable[[Any], str | None] | None:
+    if not checks:
+        return None
+    if len(checks) == 1:
+        return checks[0]
+
+    def all_of(value: Any) -> str | None:
+        for check in checks:
+            problem = check(value)
+            if problem is not None:
+                return problem
+        return None
+
+    return all_of
+
+
+def _bounds_check(metadata: list[Any]) -> Callable[[Any], str | None] | None:
+    rules: list[Any] = []
+    for rule in metadata:
+        # A pydantic FieldInfo (Field(...) inside Annotated) carries its rules as metadata.
+        rules.extend(rule.metadata if isinstance(rule, FieldInfo) else [rule])
+    lengths = [r for r in rules if isinstance(r, annotated_types.MinLen | annotated_types.MaxLen)]
+    checks = [c for c in map(_rule_check, (r for r in rules if r not in lengths)) if c]
+    if lengths:
+        checks.insert(0, _length_check(lengths))
+    return _all_of(checks)
+
+
+def _length_check(rules: list[Any]) -> Callable[[Any], str | None]:
+    lo = max((r.min_length for r in rules if isinstance(r, annotated_types.MinLen)), default=0)
+    hi = min((r.max_length for r in rules if isinstance(r, annotated_types.MaxLen)), default=None)
+    if hi is None:
+        return lambda v: None if len(v) >= lo else f"length {len(v)} < {lo}"
+    top = hi
+    return lambda v: None if lo <= len(v) <= top else f"length {len(v)} not in [{lo}, {top}]"
+
+
+def _is_marker(rule: Any) -> bool:
+    """Our own annotations (FixedPointField, ...) that describe a field but constrain nothing."""
+    return type(rule).__module__ == "schemas.models"
+
+
+def _rule_check(rule: Any) -> Callable[[Any], str | None] | None:
+    if _is_marker(rule):
+        return None
+    if isinstance(rule, annotated_types.Ge):
+        lo = rule.ge
+        if lo == _INT64_MIN:
+            return None
+        return lambda v: None if v >= lo else f"{v} < {lo}"
+    if isinstance(rule, annotated_types.Le):
+        hi = rule.le
+        if hi == _INT64_MAX:
+            return None
+        return lambda v: None if v <= hi else f"{v} > {hi}"
+    if isinstance(rule, annotated_types.Gt):
+        above = rule.gt
+        return lambda v: None if v > above else f"{v} <= {above}"
+    if isinstance(rule, annotated_types.Lt):
+        below = rule.lt
+        return lambda v: None if v < below else f"{v} >= {below}"
+    raise _UnknownRule
 
 
 def _on(topic: str | None) -> str:
