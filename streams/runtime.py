@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import Producer
@@ -70,37 +70,61 @@ class Undecodable:
 
 
 class AvroRecordDeserializer(Deserializer):
-    """Kafka bytes → dict of the topic's record type (validated), or :class:`Undecodable`."""
+    """Kafka bytes → dict of the topic's record type, or :class:`Undecodable`.
+
+    The dict is fastavro's (enums as symbol strings, nested records as dicts), checked against
+    the model's rules without building the model (:meth:`AvroSerde.decode_dict`): the bytes
+    that decode are exactly those a pydantic-validated decode accepts.
+    """
 
     def __init__(self, serde: AvroSerde, model: type[Record], app: str) -> None:
         self._serde = serde
         self._model = model
         self._app = app
+        self._counted: dict[str, Any] = {}  # topic → its MESSAGES_IN child
 
     def __call__(self, value: bytes, ctx: SerializationContext) -> Any:
         try:
-            record = self._serde.decode_as(value, self._model, topic=ctx.topic)
+            record = self._serde.decode_dict(value, self._model, topic=ctx.topic)
         except SerdeError as exc:
             return Undecodable(value, exc)
-        MESSAGES_IN.labels(self._app, ctx.topic).inc()
-        return record.model_dump()
+        counter = self._counted.get(ctx.topic)
+        if counter is None:
+            counter = self._counted[ctx.topic] = MESSAGES_IN.labels(self._app, ctx.topic)
+        counter.inc()
+        return record
 
 
 class AvroRecordSerializer(Serializer):
-    """dict or Record → Avro bytes of the topic's record type."""
+    """dict or Record → Avro bytes of the topic's record type.
+
+    A dict (what the app built, e.g. with ``model_dump()``, or what the deserializer gave) is
+    written as it is; a Record is dumped once. Neither is validated again: fastavro refuses
+    values that do not fit the schema (SerializationError).
+    """
 
     def __init__(self, serde: AvroSerde, model: type[Record], app: str) -> None:
         self._serde = serde
         self._model = model
         self._app = app
+        self._counted: dict[str, Any] = {}  # topic → its MESSAGES_OUT child
 
     def __call__(self, value: Any, ctx: SerializationContext) -> bytes:
-        record = value if isinstance(value, self._model) else self._model.model_validate(value)
         try:
-            data = self._serde.encode(record, topic=ctx.topic)
+            if isinstance(value, Mapping):
+                data = self._serde.encode_dict(self._model, value, topic=ctx.topic)
+            elif isinstance(value, self._model):
+                data = self._serde.encode(value, topic=ctx.topic)
+            else:
+                raise SerdeError(
+                    f"cannot serialize a {type(value).__name__} as {self._model.__name__}"
+                )
         except SerdeError as exc:
             raise SerializationError(str(exc)) from exc
-        MESSAGES_OUT.labels(self._app, ctx.topic).inc()
+        counter = self._counted.get(ctx.topic)
+        if counter is None:
+            counter = self._counted[ctx.topic] = MESSAGES_OUT.labels(self._app, ctx.topic)
+        counter.inc()
         return data
 
 
