@@ -299,6 +299,81 @@ def test_snapshot_restore_midway_gives_identical_results(
     assert resumed.snapshot() == straight.snapshot()
 
 
+@given(trades=trades_strategy, windows=windows_strategy, cut=st.integers(min_value=0))
+def test_split_state_restored_midway_gives_identical_results(
+    trades: list[tuple[int, int]], windows: tuple[int, int], cut: int
+) -> None:
+    fast, slow = windows
+    cut = cut % (len(trades) + 1)
+    straight = SmaCrossover(symbol="X", bar_interval_ms=1000, fast=fast, slow=slow)
+    expected = [straight.on_trade(p, ts) for p, ts in trades]
+
+    first = SmaCrossover(symbol="X", bar_interval_ms=1000, fast=fast, slow=slow)
+    got = [first.on_trade(p, ts) for p, ts in trades[:cut]]
+    sma = orjson.loads(orjson.dumps(first.sma_state()))  # what Quix state stores
+    bar = orjson.loads(orjson.dumps(first.bar_state()))
+    resumed = SmaCrossover.from_states(sma, bar)
+    got += [resumed.on_trade(p, ts) for p, ts in trades[cut:]]
+    assert got == expected
+    assert resumed.snapshot() == straight.snapshot()
+
+
+@given(trades=trades_strategy, windows=windows_strategy)
+def test_only_a_bar_close_changes_the_sma_state(
+    trades: list[tuple[int, int]], windows: tuple[int, int]
+) -> None:
+    fast, slow = windows
+    sma = SmaCrossover(symbol="X", bar_interval_ms=1000, fast=fast, slow=slow)
+    for price, ts in trades:
+        before = sma.sma_state()
+        if not sma.on_trade(price, ts).bar_closed:
+            assert sma.sma_state() == before
+
+
+def test_split_state_of_a_fresh_machine_restores_to_an_equal_machine() -> None:
+    sma = make()
+    assert sma.bar_state() == [None, None, None, 0]
+    restored = SmaCrossover.from_states(sma.sma_state(), sma.bar_state())
+    assert restored.snapshot() == sma.snapshot()
+    assert SmaCrossover.from_states(sma.sma_state(), None).snapshot() == sma.snapshot()
+
+
+def test_late_trades_are_counted_in_the_bar_state() -> None:
+    sma = make()
+    sma.on_trade(px(10), 2 * SEC)
+    sma.on_trade(px(11), SEC)  # late
+    assert sma.bar_state() == [2 * SEC, px(10), 2 * SEC, 1]
+    assert SmaCrossover.from_states(sma.sma_state(), sma.bar_state()).late_trades == 1
+
+
+def test_a_version_1_snapshot_restores_with_a_newer_bar_state() -> None:
+    old = make()
+    feed_closes(old, [px(1), px(2), px(3)])  # leaves an open bar
+    newer = SmaCrossover.restore(old.snapshot())
+    newer.on_trade(px(7), 10 * SEC)  # closes that bar, opens another
+    restored = SmaCrossover.from_states(old.snapshot(), newer.bar_state())
+    assert restored.bar_state() == newer.bar_state()
+    assert restored.closes == old.closes  # closes come from the snapshot given
+    assert SmaCrossover.from_states(old.snapshot(), None).snapshot() == old.snapshot()
+
+
+@pytest.mark.parametrize(
+    ("sma_update", "bar", "match"),
+    [
+        ({"version": 99}, None, "version"),
+        ({"relation": "SIDEWAYS"}, None, "relation"),
+        ({"closes": [1, 2, 3, 4]}, None, "closes"),
+        ({}, [0, None, 5, 0], "partly defined"),
+        ({}, [0, 1, 5], "bar state"),
+    ],
+)
+def test_from_states_refuses_state_that_is_not_ours(
+    sma_update: dict[str, object], bar: list[int | None] | None, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        SmaCrossover.from_states(make(fast=2, slow=3).sma_state() | sma_update, bar)
+
+
 # -- signal → order -------------------------------------------------------------------------
 
 QTY = px(100)

@@ -23,11 +23,24 @@ Crossovers
     (touching and turning back is not a cross; passing through equality is one cross).
     The crossover's ``ts_event`` is the event time of the trade that closed the bar — the
     earliest event time at which the close is known, so acting on it never looks ahead.
+
+State
+    The machine is small and kept in two parts that change at different rates:
+
+    - the *open bar* (:meth:`SmaCrossover.bar_state`): bucket start, close so far, its event
+      time and the count of late trades — what an ordinary trade changes;
+    - the *SMA state* (:meth:`SmaCrossover.sma_state`): the parameters, the last ``slow``
+      closes, the last strict relation and the crossover sequence — changed only when a bar
+      closes.
+
+    A caller that persists them (the signals app) rewrites the second part only after a bar
+    closed; :meth:`SmaCrossover.from_states` rebuilds the machine from both. The one-piece
+    :meth:`SmaCrossover.snapshot` / :meth:`SmaCrossover.restore` (version 1) are kept too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -35,7 +48,8 @@ from schemas.models import SignalDirection
 
 __all__ = ["Crossover", "SmaCrossover", "TradeResult"]
 
-SNAPSHOT_VERSION: Final = 1
+SNAPSHOT_VERSION: Final = 1  # snapshot(): the whole machine in one dict
+SMA_STATE_VERSION: Final = 2  # sma_state(): the SMA part; the open bar is in bar_state()
 _NS_PER_MS: Final = 1_000_000
 _ABOVE: Final = "ABOVE"
 _BELOW: Final = "BELOW"
@@ -63,6 +77,12 @@ class TradeResult:
     late: bool = False
 
 
+# Results without a crossover carry no data of their own: one shared instance each.
+_NOTHING: Final = TradeResult()
+_LATE: Final = TradeResult(late=True)
+_CLOSED: Final = TradeResult(bar_closed=True)
+
+
 def _div_half_even(numerator: int, denominator: int) -> int:
     quotient, remainder = divmod(numerator, denominator)  # denominator > 0: remainder >= 0
     if remainder * 2 > denominator or (remainder * 2 == denominator and quotient % 2 == 1):
@@ -71,8 +91,10 @@ def _div_half_even(numerator: int, denominator: int) -> int:
 
 
 class SmaCrossover:
-    """The crossover state machine of one symbol. Snapshot it to a JSON-able dict between
-    records (:meth:`snapshot` / :meth:`restore`); it holds at most ``slow`` closes."""
+    """The crossover state machine of one symbol; it holds at most ``slow`` closes.
+
+    Its state is JSON-able in two parts (:meth:`bar_state`, :meth:`sma_state`, rebuilt by
+    :meth:`from_states`) or in one (:meth:`snapshot` / :meth:`restore`)."""
 
     def __init__(self, symbol: str, bar_interval_ms: int, fast: int, slow: int) -> None:
         if not symbol:
@@ -126,20 +148,22 @@ class SmaCrossover:
     def on_trade(self, price: int, ts_event: int) -> TradeResult:
         """Feed one trade (raw price, event time in ns)."""
         bucket = ts_event - ts_event % self._interval_ns
-        if self._bar_start is None:
-            self._open_bar(bucket, price, ts_event)
-            return TradeResult()
-        if bucket < self._bar_start:
-            self._late_trades += 1
-            return TradeResult(late=True)
-        if bucket == self._bar_start:
-            assert self._bar_last_ts is not None
-            if ts_event >= self._bar_last_ts:
+        bar_start = self._bar_start
+        if bucket == bar_start:  # the common case first: one more trade in the open bar
+            if ts_event >= self._bar_last_ts:  # type: ignore[operator]  # set with bar_start
                 self._bar_close = price
                 self._bar_last_ts = ts_event
-            return TradeResult()
+            return _NOTHING
+        if bar_start is None:
+            self._open_bar(bucket, price, ts_event)
+            return _NOTHING
+        if bucket < bar_start:
+            self._late_trades += 1
+            return _LATE
         crossover = self._close_bar(ts_event)
         self._open_bar(bucket, price, ts_event)
+        if crossover is None:
+            return _CLOSED
         return TradeResult(crossover=crossover, bar_closed=True)
 
     def _open_bar(self, bucket: int, price: int, ts_event: int) -> None:
@@ -177,6 +201,76 @@ class SmaCrossover:
 
     # -- state --------------------------------------------------------------------------
 
+    def bar_state(self) -> list[int | None]:
+        """The open bar and the late count: ``[bar_start_ns, close, close_ts, late_trades]``
+        (the first three None before the first trade). JSON-able, changes with every trade."""
+        return [self._bar_start, self._bar_close, self._bar_last_ts, self._late_trades]
+
+    def sma_state(self) -> dict[str, Any]:
+        """Parameters, closes, relation and sequence (JSON-able); changes only at bar closes."""
+        return {
+            "version": SMA_STATE_VERSION,
+            "symbol": self.symbol,
+            "bar_interval_ms": self.bar_interval_ms,
+            "fast": self.fast,
+            "slow": self.slow,
+            "closes": list(self._closes),
+            "relation": self._relation,
+            "sequence": self._sequence,
+        }
+
+    @classmethod
+    def from_states(cls, sma: Mapping[str, Any], bar: Sequence[int | None] | None) -> SmaCrossover:
+        """Rebuild from :meth:`sma_state` and :meth:`bar_state` output.
+
+        ``sma`` may also be a version-1 :meth:`snapshot` (state written before the split);
+        its open bar and late count are then used unless ``bar`` is given. ``bar`` None with
+        a version-2 ``sma`` means no trade since: no open bar. Raises ValueError on state
+        that is not ours.
+        """
+        version = sma.get("version")
+        if version == SNAPSHOT_VERSION:
+            whole = cls.restore(sma)
+            if bar is not None:
+                whole._set_bar_state(bar)
+            return whole
+        if version != SMA_STATE_VERSION:
+            raise ValueError(f"unsupported SmaCrossover state version {version!r}")
+        machine = cls(
+            symbol=str(sma["symbol"]),
+            bar_interval_ms=int(sma["bar_interval_ms"]),
+            fast=int(sma["fast"]),
+            slow=int(sma["slow"]),
+        )
+        machine._set_sma_part(sma["closes"], sma["relation"], sma["sequence"])
+        if bar is not None:
+            machine._set_bar_state(bar)
+        return machine
+
+    def _set_bar_state(self, bar: Sequence[int | None]) -> None:
+        if len(bar) != 4 or bar[3] is None:
+            raise ValueError(f"SmaCrossover bar state must be [start, close, ts, late]: {bar!r}")
+        self._set_open_bar(bar[0], bar[1], bar[2])
+        self._late_trades = int(bar[3])
+
+    def _set_open_bar(self, start: int | None, close: int | None, last_ts: int | None) -> None:
+        if start is None and close is None and last_ts is None:
+            self._bar_start = self._bar_close = self._bar_last_ts = None
+            return
+        if start is None or close is None or last_ts is None:
+            raise ValueError("SmaCrossover state has a partly defined open bar")
+        self._open_bar(int(start), int(close), int(last_ts))
+
+    def _set_sma_part(self, closes: Sequence[Any], relation: Any, sequence: Any) -> None:
+        values = [int(c) for c in closes]
+        if len(values) > self.slow:
+            raise ValueError(f"SmaCrossover state holds {len(values)} closes > slow={self.slow}")
+        if relation not in (None, _ABOVE, _BELOW):
+            raise ValueError(f"SmaCrossover state has unknown relation {relation!r}")
+        self._closes = values
+        self._relation = relation
+        self._sequence = int(sequence)
+
     def snapshot(self) -> dict[str, Any]:
         """The whole state as a JSON-able dict (ints within int64, strings, None, lists)."""
         return {
@@ -205,19 +299,7 @@ class SmaCrossover:
             fast=int(data["fast"]),
             slow=int(data["slow"]),
         )
-        open_bar = (data["bar_start_ns"], data["bar_close"], data["bar_last_ts"])
-        if any(v is None for v in open_bar) and any(v is not None for v in open_bar):
-            raise ValueError("SmaCrossover snapshot has a partly defined open bar")
-        if open_bar[0] is not None:
-            sma._open_bar(int(open_bar[0]), int(open_bar[1]), int(open_bar[2]))
-        closes = [int(c) for c in data["closes"]]
-        if len(closes) > sma.slow:
-            raise ValueError(f"SmaCrossover snapshot holds {len(closes)} closes > slow={sma.slow}")
-        sma._closes = closes
-        relation = data["relation"]
-        if relation not in (None, _ABOVE, _BELOW):
-            raise ValueError(f"SmaCrossover snapshot has unknown relation {relation!r}")
-        sma._relation = relation
-        sma._sequence = int(data["sequence"])
+        sma._set_open_bar(data["bar_start_ns"], data["bar_close"], data["bar_last_ts"])
+        sma._set_sma_part(data["closes"], data["relation"], data["sequence"])
         sma._late_trades = int(data["late_trades"])
         return sma
