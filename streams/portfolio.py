@@ -15,7 +15,9 @@ Re-keying, and why this design
        by account (Quix ``group_by``, created and named by Quix as
        ``repartition__...--account``), so one state scope per account holds the latest
        position of each of its symbols (:class:`~streams.logic.portfolio.AccountBook`) and
-       publishes the account's snapshot on ``portfolio`` (key account).
+       publishes the account's snapshot on ``portfolio`` (key account). The book's sums are
+       kept as running totals and each holding under its own state key, so a position
+       costs the same with 5 symbols or 5,000.
 
     Broadcasting prices to every account instead would need each account to see every
     symbol's trades; re-keying the (far fewer) position changes moves only what changed.
@@ -26,6 +28,7 @@ Re-keying, and why this design
 
 from __future__ import annotations
 
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from quixstreams import State
@@ -34,11 +37,21 @@ from core.config import Settings
 from core.metrics import PORTFOLIO_EQUITY, POSITION_VALUE
 from schemas.fixedpoint import from_fixed, to_fixed
 from schemas.models import Fill, PortfolioSnapshot, Position
-from streams.logic.portfolio import AccountBook, MarkSchedule, SymbolBook, next_interval
+from streams.logic.portfolio import (
+    AccountBook,
+    AccountTotals,
+    Holding,
+    MarkSchedule,
+    SymbolBook,
+    next_interval,
+)
 from streams.runtime import StreamApp, now_ns
 
 _BOOK = "book"
 _SCHEDULE = "marks"
+_TOTALS = "totals"
+_CASH = "starting_cash"
+_SYMBOLS = "symbols"
 
 
 class SymbolPositions:
@@ -85,6 +98,39 @@ class SymbolPositions:
         return [p.model_dump() for p in positions]
 
 
+class StateHoldings(MutableMapping[str, Holding]):
+    """An account's holdings in Quix state, one key per symbol (``h:<symbol>``) plus the
+    list of symbols: a position reads and writes only its own symbol's key."""
+
+    def __init__(self, state: State[str, Any]) -> None:
+        self._state = state
+
+    def _symbols(self) -> list[str]:
+        return list(self._state.get(_SYMBOLS) or [])
+
+    def __getitem__(self, symbol: str) -> Holding:
+        raw = self._state.get(f"h:{symbol}")
+        if raw is None:
+            raise KeyError(symbol)
+        return Holding.from_list(raw)
+
+    def __setitem__(self, symbol: str, holding: Holding) -> None:
+        key = f"h:{symbol}"
+        if self._state.get(key) is None:
+            self._state.set(_SYMBOLS, [*self._symbols(), symbol])
+        self._state.set(key, holding.to_list())
+
+    def __delitem__(self, symbol: str) -> None:
+        self._state.delete(f"h:{symbol}")
+        self._state.set(_SYMBOLS, [s for s in self._symbols() if s != symbol])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._symbols())
+
+    def __len__(self) -> int:
+        return len(self._symbols())
+
+
 class AccountPortfolios:
     """Account scope: positions of one account → its portfolio snapshot."""
 
@@ -93,14 +139,15 @@ class AccountPortfolios:
 
     def on_position(self, value: dict[str, Any], state: State[str, Any]) -> dict[str, Any]:
         position = Position.model_validate(value)
-        stored = state.get(_BOOK)
-        book = (
-            AccountBook.restore(stored)
-            if stored is not None
-            else AccountBook(position.account, to_fixed(self.portfolio.cash_of(position.account)))
-        )
+        stored = state.get(_TOTALS)
+        cash = state.get(_CASH)
+        if cash is None:
+            cash = to_fixed(self.portfolio.cash_of(position.account))
+            state.set(_CASH, cash)
+        totals = AccountTotals.from_list(stored) if stored is not None else None
+        book = AccountBook(position.account, int(cash), StateHoldings(state), totals)
         snapshot: PortfolioSnapshot = book.on_position(position, ts_init=now_ns())
-        state.set(_BOOK, book.snapshot())
+        state.set(_TOTALS, book.totals.to_list())
         holding = book.holding(position.symbol)
         if holding is not None:
             POSITION_VALUE.labels(position.account, position.symbol).set(

@@ -11,8 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.fixedpoint import FACTOR, INT64_MAX, to_fixed
-from schemas.models import Fill, Side
-from streams.logic.portfolio import AccountBook, MarkSchedule, SymbolBook, next_interval
+from schemas.models import Fill, Position, Side
+from streams.logic.portfolio import (
+    AccountBook,
+    AccountTotals,
+    MarkSchedule,
+    SymbolBook,
+    next_interval,
+)
 
 SEC = 1_000_000_000
 START = to_fixed(1_000_000)
@@ -192,6 +198,44 @@ def test_snapshot_restore_anywhere_gives_the_same_books(stream: list, restore_at
     straight, _ = replay(stream)
     restored, _ = replay(stream, restore_at)
     assert restored == straight
+
+
+def brute_force_totals(book: AccountBook, symbols: tuple[str, ...]) -> AccountTotals:
+    """The sums recomputed from every holding, largest ties to the first symbol."""
+    holdings = {s: h for s in symbols if (h := book.holding(s)) is not None}
+    largest_symbol, largest = None, 0
+    for symbol in sorted(holdings):
+        if abs(holdings[symbol].value) > largest:
+            largest_symbol, largest = symbol, abs(holdings[symbol].value)
+    return AccountTotals(
+        realized=sum(h.realized for h in holdings.values()),
+        unrealized=sum(h.unrealized for h in holdings.values()),
+        net=sum(h.value for h in holdings.values()),
+        gross=sum(abs(h.value) for h in holdings.values()),
+        open_positions=sum(1 for h in holdings.values() if h.quantity),
+        largest_symbol=largest_symbol,
+        largest_value=largest,
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(SYMBOLS), st.integers(-50, 50), st.integers(1, 5)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_running_totals_equal_a_recomputation_over_every_holding(updates: list) -> None:
+    book = AccountBook("a", START)
+    for i, (symbol, qty, price) in enumerate(updates):
+        position = Position(
+            account="a", symbol=symbol, quantity=to_fixed(qty), avg_price=to_fixed(price),
+            realized_pnl=to_fixed(i), last_price=to_fixed(price), unrealized_pnl=to_fixed(-i),
+            ts_event=i, ts_init=i,
+        )  # fmt: skip
+        book.on_position(position, i)
+        assert book.totals == brute_force_totals(book, SYMBOLS)
 
 
 def test_foreign_snapshots_are_refused() -> None:

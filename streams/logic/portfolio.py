@@ -31,7 +31,7 @@ Account scope (:class:`AccountBook`)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -39,7 +39,7 @@ from schemas.fixedpoint import FACTOR, INT64_MAX, mul
 from schemas.models import Fill, PortfolioSnapshot, Position
 from streams.logic.positions import PositionLedger
 
-__all__ = ["AccountBook", "Holding", "MarkSchedule", "SymbolBook"]
+__all__ = ["AccountBook", "AccountTotals", "Holding", "MarkSchedule", "SymbolBook"]
 
 SNAPSHOT_VERSION: Final = 1
 
@@ -154,16 +154,87 @@ class Holding:
         value = mul(position.last_price, position.quantity) if position.last_price else 0
         return cls(position.quantity, position.realized_pnl, position.unrealized_pnl, value)
 
+    def to_list(self) -> list[int]:
+        return [self.quantity, self.realized, self.unrealized, self.value]
+
+    @classmethod
+    def from_list(cls, data: list[int]) -> Holding:
+        return cls(int(data[0]), int(data[1]), int(data[2]), int(data[3]))
+
+
+@dataclass(frozen=True, slots=True)
+class AccountTotals:
+    """Running sums over an account's holdings, kept up to date one position at a time."""
+
+    realized: int = 0
+    unrealized: int = 0
+    net: int = 0  # Σ value
+    gross: int = 0  # Σ |value|
+    open_positions: int = 0
+    largest_symbol: str | None = None  # largest |value|; ties go to the first symbol
+    largest_value: int = 0
+
+    def to_list(self) -> list[Any]:
+        return [
+            self.realized,
+            self.unrealized,
+            self.net,
+            self.gross,
+            self.open_positions,
+            self.largest_symbol,
+            self.largest_value,
+        ]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> AccountTotals:
+        largest = data[5]
+        return cls(
+            int(data[0]),
+            int(data[1]),
+            int(data[2]),
+            int(data[3]),
+            int(data[4]),
+            None if largest is None else str(largest),
+            int(data[6]),
+        )
+
+
+def _largest(holdings: Mapping[str, Holding]) -> tuple[str | None, int]:
+    best: tuple[str | None, int] = (None, 0)
+    for symbol, holding in holdings.items():
+        size = abs(holding.value)
+        if size > best[1] or (
+            size == best[1] and size and best[0] is not None and symbol < best[0]
+        ):
+            best = (symbol, size)
+    return best
+
 
 class AccountBook:
-    """One account's book: the latest position per symbol → a portfolio snapshot."""
+    """One account's book: the latest position per symbol → a portfolio snapshot.
 
-    def __init__(self, account: str, starting_cash: int) -> None:
+    The sums are updated by the difference each position makes, so a position costs O(1)
+    whatever the number of symbols; only when the largest holding shrinks is the largest
+    found again over every holding. ``holdings`` may be any mutable mapping (the app backs
+    it with Quix state, one key per symbol, so a message reads and writes only its own)."""
+
+    def __init__(
+        self,
+        account: str,
+        starting_cash: int,
+        holdings: MutableMapping[str, Holding] | None = None,
+        totals: AccountTotals | None = None,
+    ) -> None:
         if not account:
             raise ValueError("account must not be empty")
         self.account = account
         self.starting_cash = starting_cash
-        self._holdings: dict[str, Holding] = {}
+        self._holdings: MutableMapping[str, Holding] = {} if holdings is None else holdings
+        self._totals = totals if totals is not None else AccountTotals()
+
+    @property
+    def totals(self) -> AccountTotals:
+        return self._totals
 
     def holding(self, symbol: str) -> Holding | None:
         return self._holdings.get(symbol)
@@ -171,39 +242,57 @@ class AccountBook:
     def on_position(self, position: Position, ts_init: int) -> PortfolioSnapshot:
         if position.account != self.account:
             raise ValueError(f"position of {position.account} sent to {self.account}'s book")
-        self._holdings[position.symbol] = Holding.of(position)
+        symbol = position.symbol
+        old = self._holdings.get(symbol)
+        new = Holding.of(position)
+        self._holdings[symbol] = new
+        t = self._totals
+        o = old if old is not None else Holding(0, 0, 0, 0)
+        size = abs(new.value)
+        if t.largest_symbol == symbol and size < t.largest_value:
+            largest_symbol, largest_value = _largest(self._holdings)  # the largest shrank
+        elif size > t.largest_value or (
+            size == t.largest_value
+            and size
+            and (t.largest_symbol is None or symbol <= t.largest_symbol)
+        ):
+            largest_symbol, largest_value = symbol, size
+        else:
+            largest_symbol, largest_value = t.largest_symbol, t.largest_value
+        self._totals = AccountTotals(
+            realized=t.realized - o.realized + new.realized,
+            unrealized=t.unrealized - o.unrealized + new.unrealized,
+            net=t.net - o.value + new.value,
+            gross=t.gross - abs(o.value) + size,
+            open_positions=t.open_positions - (o.quantity != 0) + (new.quantity != 0),
+            largest_symbol=largest_symbol if largest_value else None,
+            largest_value=largest_value,
+        )
         return self.portfolio(position.ts_event, ts_init)
 
     def portfolio(self, ts_event: int, ts_init: int) -> PortfolioSnapshot:
-        realized = sum(h.realized for h in self._holdings.values())
-        unrealized = sum(h.unrealized for h in self._holdings.values())
-        equity = self.starting_cash + realized + unrealized
-        net = sum(h.value for h in self._holdings.values())
-        gross = sum(abs(h.value) for h in self._holdings.values())
-        largest_symbol, largest = None, 0
-        for symbol in sorted(self._holdings):  # sorted: ties go to the first symbol
-            size = abs(self._holdings[symbol].value)
-            if size > largest:
-                largest_symbol, largest = symbol, size
-        if gross == 0:
+        t = self._totals
+        equity = self.starting_cash + t.realized + t.unrealized
+        if t.gross == 0:
             leverage = concentration = 0
         elif equity <= 0:
             leverage = concentration = INT64_MAX
         else:
-            leverage, concentration = _ratio(gross, equity), _ratio(largest, equity)
+            leverage = _ratio(t.gross, equity)
+            concentration = _ratio(t.largest_value, equity)
         return PortfolioSnapshot(
             account=self.account,
             starting_cash=self.starting_cash,
-            cash=equity - net,
+            cash=equity - t.net,
             equity=equity,
-            realized_pnl=realized,
-            unrealized_pnl=unrealized,
-            gross_exposure=gross,
-            net_exposure=net,
+            realized_pnl=t.realized,
+            unrealized_pnl=t.unrealized,
+            gross_exposure=t.gross,
+            net_exposure=t.net,
             leverage=leverage,
             largest_concentration=concentration,
-            largest_symbol=largest_symbol,
-            open_positions=sum(1 for h in self._holdings.values() if h.quantity != 0),
+            largest_symbol=t.largest_symbol,
+            open_positions=t.open_positions,
             ts_event=ts_event,
             ts_init=ts_init,
         )
@@ -213,19 +302,14 @@ class AccountBook:
             "version": SNAPSHOT_VERSION,
             "account": self.account,
             "starting_cash": self.starting_cash,
-            "holdings": {
-                s: [h.quantity, h.realized, h.unrealized, h.value]
-                for s, h in sorted(self._holdings.items())
-            },
+            "totals": self._totals.to_list(),
+            "holdings": {s: h.to_list() for s, h in sorted(self._holdings.items())},
         }
 
     @classmethod
     def restore(cls, data: Mapping[str, Any]) -> AccountBook:
         if data.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported AccountBook snapshot version {data.get('version')!r}")
-        book = cls(str(data["account"]), int(data["starting_cash"]))
-        for symbol, (quantity, realized, unrealized, value) in data["holdings"].items():
-            book._holdings[str(symbol)] = Holding(
-                int(quantity), int(realized), int(unrealized), int(value)
-            )
-        return book
+        holdings = {str(s): Holding.from_list(h) for s, h in data["holdings"].items()}
+        totals = AccountTotals.from_list(data["totals"])
+        return cls(str(data["account"]), int(data["starting_cash"]), holdings, totals)
