@@ -3,19 +3,14 @@ two accounts trading one symbol stay apart, from approved orders through executi
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
 from kafka_read import read_until
+from stage_proc import spawn_stage, stage_namespace
 
-from core.config import load_settings
-from core.kafka import end_offsets, ensure_topics
+from core.kafka import end_offsets
 from core.topics import TopicNames
-from omniquant.stages import topic_catalog
 from producers.kafka_producer import RecordProducer
 from schemas.fixedpoint import to_fixed
 from schemas.models import OrderRequest, PortfolioSnapshot, Position, Side, Trade
@@ -70,15 +65,8 @@ _GROSS_DONE = {"alice": to_fixed(22_000), "bob": to_fixed(3_300)}
 def test_two_accounts_trading_one_symbol_keep_separate_positions(
     kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:
-    prefix = f"acct{uuid.uuid4().hex[:8]}."
-    settings = load_settings(
-        kafka={"bootstrap_servers": kafka_bootstrap},
-        redis={"url": redis_url},
-        topic_prefix=prefix,
-        state_dir=tmp_path,
-    )
-    ensure_topics(settings, topic_catalog())
-    names = TopicNames(prefix)
+    settings, env = stage_namespace(kafka_bootstrap, redis_url, tmp_path, "acct")
+    names = TopicNames(settings.topic_prefix)
     producer = RecordProducer(settings, "test")
     # Trades first (the as-of join prices each order at the last trade at or before it).
     producer.send(names.trades, _trade("100", T0), key="SPY")
@@ -94,22 +82,7 @@ def test_two_accounts_trading_one_symbol_keep_separate_positions(
         producer.send(names.approved_orders, order, key=order.symbol)
     producer.flush()
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQUANT_")}
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
-        REDIS_URL=redis_url,
-        OMNIQUANT_TOPIC_PREFIX=prefix,
-        OMNIQUANT_STATE_DIR=str(tmp_path),
-    )
-    apps = [
-        subprocess.Popen(
-            [sys.executable, "-m", "omniquant.cli", "stage", stage],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for stage in ("execution", "portfolio")
-    ]
+    apps = [spawn_stage(stage, env, output=True) for stage in ("execution", "portfolio")]
     try:
         messages = read_until(
             kafka_bootstrap,

@@ -14,9 +14,6 @@ import io
 import math
 import os
 import signal
-import subprocess
-import sys
-import uuid
 import zipfile
 from datetime import datetime
 from pathlib import Path
@@ -26,11 +23,9 @@ import numpy as np
 import pytest
 from conftest import shared_file
 from kafka_read import read_until
+from stage_proc import spawn_stage, stage_namespace
 
-from core.config import load_settings
-from core.kafka import ensure_topics
 from core.topics import TopicNames
-from omniquant.stages import topic_catalog
 from producers.kafka_producer import RecordProducer
 from schemas.fixedpoint import FACTOR, to_fixed
 from schemas.models import Fill, RiskMetric, Side, Trade
@@ -92,29 +87,12 @@ def _reference(closes: list[int]) -> dict[int, dict[str, float]]:
     return out
 
 
-def _spawn(stage: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "omniquant.cli", "stage", stage],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
 def test_risk_metrics_of_real_prices_equal_numpy_through_kills_and_restarts(
     kafka_bootstrap: str, redis_url: str, tmp_path: Path, shared_data: Path
 ) -> None:
     ts, closes = _spy_closes(shared_data)
-    prefix = f"risk{uuid.uuid4().hex[:8]}."
-    settings = load_settings(
-        kafka={"bootstrap_servers": kafka_bootstrap},
-        redis={"url": redis_url},
-        topic_prefix=prefix,
-        state_dir=tmp_path,
-    )
-    ensure_topics(settings, topic_catalog())
-    names = TopicNames(prefix)
+    settings, env = stage_namespace(kafka_bootstrap, redis_url, tmp_path, "risk")
+    names = TopicNames(settings.topic_prefix)
     producer = RecordProducer(settings, "test")
     producer.send(
         names.fills,
@@ -145,12 +123,7 @@ def test_risk_metrics_of_real_prices_equal_numpy_through_kills_and_restarts(
 
     produce_days(0, 300)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQUANT_")}
     env.update(
-        KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
-        REDIS_URL=redis_url,
-        OMNIQUANT_TOPIC_PREFIX=prefix,
-        OMNIQUANT_STATE_DIR=str(tmp_path),
         OMNIQUANT_PORTFOLIO__ACCOUNT_CASH=f'{{"desk": "{START_CASH}"}}',
         OMNIQUANT_RISK_METRICS__CADENCE_MS=str(86_400_000),
         OMNIQUANT_RISK_METRICS__WINDOW=str(WINDOW),
@@ -159,7 +132,7 @@ def test_risk_metrics_of_real_prices_equal_numpy_through_kills_and_restarts(
     serde = AvroSerde()
     metrics_topic = names.risk_metrics
     closes_seen = _ClosesSeen(serde)
-    apps = {stage: _spawn(stage, env) for stage in ("portfolio", "risk-metrics")}
+    apps = {stage: spawn_stage(stage, env) for stage in ("portfolio", "risk-metrics")}
     try:
         # Kill each stage once mid-stream (its last checkpoint is up to a second old), feed
         # more days while it is down, restart it: it restores its state and goes on.
@@ -172,7 +145,7 @@ def test_risk_metrics_of_real_prices_equal_numpy_through_kills_and_restarts(
             os.killpg(apps[stage].pid, signal.SIGKILL)
             apps[stage].wait(10)
             produce_days(*more)
-            apps[stage] = _spawn(stage, env)
+            apps[stage] = spawn_stage(stage, env)
         messages = read_until(
             kafka_bootstrap,
             metrics_topic,
