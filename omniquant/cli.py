@@ -185,6 +185,58 @@ def topics_list() -> None:
     console.print(table)
 
 
+# ---- kill switch --------------------------------------------------------------------
+def _set_trading_state(state: Any, account: str | None, reason: str) -> None:
+    import getpass
+
+    from schemas.models import TradingState
+    from streams.control import ControlPlane
+
+    settings = _settings()
+    try:
+        control = ControlPlane(settings).set_state(
+            TradingState(state), account=account, reason=reason, issued_by=getpass.getuser()
+        )
+    except (OmniquantError, OSError) as exc:
+        raise _fail(exc) from None
+    except Exception as exc:  # redis errors: the command is on the topic, say so
+        message = f"published to the control topic, but the Redis mirror failed: {exc}"
+        raise _fail(RuntimeError(message)) from None
+    who = f"account {account}" if account else "every account"
+    console.print(f"{control.trading_state}: {who} ({control.command_id}) — {reason}")
+
+
+@app.command()
+def halt(
+    reason: Annotated[str, typer.Option(help="why (kept with the command and in decisions)")],
+    account: Annotated[
+        str | None, typer.Option(help="only this account (default: every account)")
+    ] = None,
+) -> None:
+    """Kill switch: the risk gate rejects every new order of the account(s) (within 1 s)."""
+    _set_trading_state("HALTED", account, reason)
+
+
+@app.command()
+def reduce_only(
+    reason: Annotated[str, typer.Option(help="why")],
+    account: Annotated[str | None, typer.Option(help="only this account")] = None,
+) -> None:
+    """Only exposure-reducing orders pass the risk gate for the account(s)."""
+    _set_trading_state("REDUCING", account, reason)
+
+
+@app.command()
+def resume(
+    account: Annotated[
+        str | None, typer.Option(help="only this account (default: lift the global halt)")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="why")] = "resumed",
+) -> None:
+    """Lift a halt: the account(s) trade again (ACTIVE)."""
+    _set_trading_state("ACTIVE", account, reason)
+
+
 # ---- stages -------------------------------------------------------------------------
 def _start_stage(name: str) -> Settings:
     from core.logs import configure_logging

@@ -3,7 +3,10 @@
 Every request gets exactly one decision on the risk-decisions topic, with every check's
 inputs and result (decisions are data, not exceptions). Approved requests are forwarded
 unchanged to the approved-orders topic. The per-symbol exposure the checks need lives in
-Quix state keyed by symbol (order requests are keyed by symbol).
+Quix state keyed by symbol (order requests are keyed by symbol). Each account's trading
+state (ACTIVE / REDUCING / HALTED, the kill switch) comes from the control topic and Redis
+through a :class:`~streams.control.TradingStateWatcher`: a halt rejects every new order of
+the account within a second.
 """
 
 from __future__ import annotations
@@ -15,19 +18,23 @@ from quixstreams import State
 from core.config import Settings
 from core.metrics import RISK_DECISIONS
 from schemas.models import Decision, OrderRequest
+from streams.control import TradingStateWatcher
 from streams.logic.risk import PreTradeRisk, RiskLimitsRaw, SymbolRiskState
 from streams.runtime import StreamApp, correlation_headers, now_ns
 
 
 class RiskGateProcessor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, trading: TradingStateWatcher) -> None:
         self.risk = PreTradeRisk(RiskLimitsRaw.from_config(settings.risk))
+        self.trading = trading
 
     def on_order(self, request: dict[str, Any], state: State[str, Any]) -> dict[str, Any]:
         order = OrderRequest.model_validate(request)
         stored = state.get("risk")
         current = SymbolRiskState.from_dict(stored) if stored is not None else SymbolRiskState()
-        decision, updated = self.risk.check(order, current, ts_init=now_ns())
+        decision, updated = self.risk.check(
+            order, current, ts_init=now_ns(), trading=self.trading.of(order.account)
+        )
         state.set("risk", updated.to_dict())
         RISK_DECISIONS.labels(decision.decision.value).inc()
         approved = decision.decision == Decision.APPROVED
@@ -37,7 +44,7 @@ class RiskGateProcessor:
 def build(settings: Settings, name: str) -> StreamApp:
     """The app under the stage name the registry gives it (its group and dead letters)."""
     stream = StreamApp(settings, name)
-    processor = RiskGateProcessor(settings)
+    processor = RiskGateProcessor(settings, TradingStateWatcher(settings).start())
     requests = stream.dataframe("orders.requests")
     outputs = requests.apply(processor.on_order, stateful=True)
 

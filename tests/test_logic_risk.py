@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from core.config import RiskLimits
 from schemas.fixedpoint import mul, to_fixed
-from schemas.models import Decision, Fill, OrderRequest, OrderType, Side
+from schemas.models import Decision, Fill, OrderRequest, OrderType, Side, TradingState
 from streams.logic.risk import PreTradeRisk, RiskLimitsRaw, SymbolRiskState
+from streams.logic.trading_state import ScopeState
 
 TS = 1_700_000_000_000_000_000
 
@@ -72,7 +73,13 @@ def test_order_within_all_limits_is_approved_and_opens_its_quantity() -> None:
     decision, state = RISK.check(order(Side.BUY, 100, "187.25"), SymbolRiskState(), ts_init=TS + 5)
     assert decision.decision == Decision.APPROVED
     assert decision.reason == "approved"
-    assert [c.name for c in decision.checks] == ["quantity", "price", "notional", "position"]
+    assert [c.name for c in decision.checks] == [
+        "quantity",
+        "price",
+        "notional",
+        "trading_state",
+        "position",
+    ]
     assert all(c.passed for c in decision.checks)
     checks = {c.name: c for c in decision.checks}
     assert checks["notional"].value == px("18725")
@@ -185,7 +192,8 @@ def test_all_failed_checks_are_reported_and_joined_in_the_reason() -> None:
     failed = [c for c in decision.checks if not c.passed]
     assert [c.name for c in failed] == ["quantity", "notional", "position"]
     assert decision.reason == "; ".join(c.message for c in failed)
-    assert all(c.value is not None for c in decision.checks)
+    # every check reports its value (the trading state is a state, not a number)
+    assert all(c.value is not None for c in decision.checks if c.name != "trading_state")
 
 
 def test_decision_id_is_deterministic_from_client_order_id() -> None:
@@ -265,7 +273,7 @@ def test_decision_is_approved_iff_every_check_passes_and_state_follows(
             )
         )
     )
-    assert len(decision.checks) == 4
+    assert len(decision.checks) == 5
     assert (decision.decision == Decision.APPROVED) == expected_ok
     assert (decision.decision == Decision.APPROVED) == all(c.passed for c in decision.checks)
     if expected_ok:
@@ -274,3 +282,32 @@ def test_decision_is_approved_iff_every_check_passes_and_state_follows(
     else:
         assert decision.reason == "; ".join(c.message for c in decision.checks if not c.passed)
         assert after == state
+
+
+# -- trading state (kill switch) -------------------------------------------------------
+
+
+def _scope(state: TradingState) -> ScopeState:
+    return ScopeState(state, "desk limit", "cmd-1", "ops", TS)
+
+
+def test_a_halted_account_has_every_order_rejected_with_reason_halted() -> None:
+    decision, after = RISK.check(
+        order(), SymbolRiskState(), ts_init=TS, trading=_scope(TradingState.HALTED)
+    )
+    assert decision.decision == Decision.REJECTED
+    assert decision.reason.startswith("HALTED")
+    assert "desk limit" in decision.reason
+    assert after == SymbolRiskState()  # nothing reserved
+
+
+def test_a_reducing_account_may_only_reduce_exposure() -> None:
+    long = SymbolRiskState(position=px(300))
+    reducing = _scope(TradingState.REDUCING)
+    sell, _ = RISK.check(order(Side.SELL, 100), long, ts_init=TS, trading=reducing)
+    buy, _ = RISK.check(order(Side.BUY, 100), long, ts_init=TS, trading=reducing)
+    flip, _ = RISK.check(order(Side.SELL, 400), long, ts_init=TS, trading=reducing)
+    flat, _ = RISK.check(order(Side.BUY, 1), SymbolRiskState(), ts_init=TS, trading=reducing)
+    assert sell.decision == Decision.APPROVED
+    assert [d.decision for d in (buy, flip, flat)] == [Decision.REJECTED] * 3
+    assert buy.reason.startswith("REDUCING")

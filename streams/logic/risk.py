@@ -15,6 +15,10 @@ Checks, in this order (values and limits are raw fixed-point):
 ``notional``
     ``|quantity × price| <= max_order_notional`` (``fixedpoint.mul``). Fails when there is
     no usable price (the notional is unknown; value is None).
+``trading_state``
+    The account's trading state (the kill switch, :mod:`streams.logic.trading_state`):
+    HALTED rejects every order; REDUCING passes only an order that strictly reduces the
+    symbol's projected exposure without flipping its sign; ACTIVE passes.
 ``position``
     projected = position + open (approved, unfilled) quantity + this order, all signed;
     ``|projected| <= max_position_per_symbol``. An order that strictly reduces the
@@ -35,7 +39,17 @@ from typing import Any, Final
 
 from core.config import RiskLimits
 from schemas.fixedpoint import INT64_MAX, from_fixed, mul, to_fixed
-from schemas.models import Decision, Fill, OrderRequest, OrderType, RiskCheck, RiskDecision, Side
+from schemas.models import (
+    Decision,
+    Fill,
+    OrderRequest,
+    OrderType,
+    RiskCheck,
+    RiskDecision,
+    Side,
+    TradingState,
+)
+from streams.logic.trading_state import ScopeState
 
 __all__ = ["PreTradeRisk", "RiskLimitsRaw", "SymbolRiskState"]
 
@@ -44,6 +58,7 @@ CHECK_QUANTITY: Final = "quantity"
 CHECK_PRICE: Final = "price"
 CHECK_NOTIONAL: Final = "notional"
 CHECK_POSITION: Final = "position"
+CHECK_TRADING_STATE: Final = "trading_state"
 
 
 def _signed(side: Side, quantity: int) -> int:
@@ -128,14 +143,20 @@ class PreTradeRisk:
         self.limits = limits
 
     def check(
-        self, order: OrderRequest, state: SymbolRiskState, ts_init: int
+        self,
+        order: OrderRequest,
+        state: SymbolRiskState,
+        ts_init: int,
+        trading: ScopeState | None = None,
     ) -> tuple[RiskDecision, SymbolRiskState]:
-        """Decide on ``order``; the returned state includes it only when approved."""
+        """Decide on ``order``; the returned state includes it only when approved.
+        ``trading`` is the account's trading state in force (None: ACTIVE)."""
         price = self._price(order)
         checks = [
             self._check_quantity(order.quantity),
             self._check_price(order, price),
             self._check_notional(order.quantity, price),
+            self._check_trading_state(order, state, trading),
             self._check_position(order, state),
         ]
         failed = [c.message for c in checks if not c.passed]
@@ -220,6 +241,28 @@ class PreTradeRisk:
             limit=limit,
             message=f"order notional {_fmt(notional)} {relation} max_order_notional {_fmt(limit)}",
         )
+
+    @staticmethod
+    def _check_trading_state(
+        order: OrderRequest, state: SymbolRiskState, trading: ScopeState | None
+    ) -> RiskCheck:
+        current = trading.state if trading is not None else TradingState.ACTIVE
+        why = f" ({trading.reason}, by {trading.issued_by})" if trading and trading.reason else ""
+        if current == TradingState.HALTED:
+            passed, message = False, f"HALTED: account {order.account} is halted{why}"
+        elif current == TradingState.REDUCING:
+            before = state.projected
+            after = before + _signed(order.side, order.quantity)
+            passed = abs(after) < abs(before) and after * before >= 0
+            message = (
+                f"REDUCING: order reduces exposure from {_fmt(before)} to {_fmt(after)}"
+                if passed
+                else f"REDUCING: account {order.account} may only reduce exposure{why}; "
+                f"order takes {_fmt(before)} to {_fmt(after)}"
+            )
+        else:
+            passed, message = True, f"account {order.account} is ACTIVE"
+        return RiskCheck(name=CHECK_TRADING_STATE, passed=passed, message=message)
 
     def _check_position(self, order: OrderRequest, state: SymbolRiskState) -> RiskCheck:
         limit = self.limits.max_position_per_symbol

@@ -1,0 +1,124 @@
+"""`omniquant halt` / `resume` against the running risk gate (real broker and Redis)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from confluent_kafka import Consumer
+from stage_proc import spawn_stage, stage_namespace
+
+from core.kafka import consumer_config
+from core.topics import TopicNames
+from producers.kafka_producer import RecordProducer
+from schemas.fixedpoint import to_fixed
+from schemas.models import Decision, OrderRequest, RiskDecision, Side
+from schemas.serde import AvroSerde
+from streams.control import redis_hash
+
+pytestmark = pytest.mark.integration
+
+
+def _order(coid: str, account: str) -> OrderRequest:
+    now = time.time_ns()
+    return OrderRequest(
+        client_order_id=coid,
+        strategy_id="test",
+        account=account,
+        symbol="SPY",
+        side=Side.BUY,
+        quantity=to_fixed(1),
+        reference_price=to_fixed(100),
+        ts_event=now,
+        ts_init=now,
+    )
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "omniquant.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+class _Decisions:
+    """Reads the gate's decisions as they come: client order id → decision."""
+
+    def __init__(self, settings, topic: str) -> None:
+        self.consumer = Consumer(consumer_config(settings, f"{topic}-reader"))
+        self.consumer.subscribe([topic])
+        self.serde = AvroSerde()
+        self.seen: dict[str, RiskDecision] = {}
+
+    def wait_for(self, coid: str, timeout: float = 60) -> RiskDecision:
+        deadline = time.monotonic() + timeout
+        while coid not in self.seen and time.monotonic() < deadline:
+            msg = self.consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                decision = self.serde.decode_as(msg.value(), RiskDecision)
+                self.seen[decision.client_order_id] = decision
+        assert coid in self.seen, f"no decision for {coid}"
+        return self.seen[coid]
+
+
+def test_halt_rejects_an_accounts_orders_within_a_second_and_resume_lifts_it(
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
+    settings, env = stage_namespace(kafka_bootstrap, redis_url, tmp_path, "kill")
+    names = TopicNames(settings.topic_prefix)
+    producer = RecordProducer(settings, "test")
+    decisions = _Decisions(settings, names.risk_decisions)
+    gate = spawn_stage("risk-gate", env)
+    n = 0
+
+    def send(account: str) -> str:
+        nonlocal n
+        n += 1
+        order = _order(f"o-{n}", account)
+        producer.send(names.order_requests, order, key="SPY")
+        producer.flush()
+        return order.client_order_id
+
+    try:
+        assert decisions.wait_for(send("alice"), 90).decision == Decision.APPROVED
+
+        halted = _cli(env, "halt", "--account", "alice", "--reason", "desk review")
+        assert halted.returncode == 0, halted.stderr
+        halted_at = time.monotonic()
+        # orders sent from now on: every one sent 1 s or more after the halt is rejected
+        sent: list[tuple[float, str]] = []
+        while time.monotonic() - halted_at < 1.5:
+            sent.append((time.monotonic() - halted_at, send("alice")))
+            time.sleep(0.1)
+        for age, coid in sent:
+            decision = decisions.wait_for(coid)
+            if age >= 1.0:
+                assert decision.decision == Decision.REJECTED, (age, decision.reason)
+                assert decision.reason.startswith("HALTED")
+                assert "desk review" in decision.reason
+        assert decisions.wait_for(send("bob")).decision == Decision.APPROVED  # others trade
+
+        # The control topic is the record of truth: a gate started after the halt, with the
+        # Redis mirror gone, still sees it.
+        gate.terminate()
+        gate.wait(30)
+        redis.Redis.from_url(redis_url).delete(redis_hash(settings))
+        gate = spawn_stage("risk-gate", env)
+        assert decisions.wait_for(send("alice"), 90).decision == Decision.REJECTED
+
+        resumed = _cli(env, "resume", "--account", "alice")
+        assert resumed.returncode == 0, resumed.stderr
+        time.sleep(1.0)  # the documented bound: within a second
+        assert decisions.wait_for(send("alice")).decision == Decision.APPROVED
+    finally:
+        gate.terminate()
+        gate.wait(30)
+        decisions.consumer.close()
