@@ -10,6 +10,7 @@ Kafka and to Quix state (each snapshots to a JSON-able dict and restores from it
 - :class:`RiskMetricsEngine` — equity observations → VaR, ES, volatility, drawdown, daily PnL
 - :class:`VarBacktester` — VaR forecasts vs outcomes → Kupiec, Christoffersen, Basel zone
 - :class:`AccountRisk` — bar-close sampling of an account's equity + the two above
+- :class:`TradingStates` — the kill switch: ACTIVE / REDUCING / HALTED per account
 """
 
 from streams.logic.account_risk import AccountRisk, RiskObservation
@@ -19,6 +20,7 @@ from streams.logic.portfolio import AccountBook, MarkSchedule, SymbolBook
 from streams.logic.positions import PositionLedger
 from streams.logic.risk import PreTradeRisk, RiskLimitsRaw, SymbolRiskState
 from streams.logic.sma import Crossover, SmaCrossover, TradeResult
+from streams.logic.trading_state import ScopeState, TradingStates
 from streams.logic.var import RiskConfig, RiskMetricsEngine, RiskSnapshot
 from streams.logic.var_backtest import BacktestReport, VarBacktester
 
@@ -38,10 +40,12 @@ __all__ = [
     "RiskMetricsEngine",
     "RiskObservation",
     "RiskSnapshot",
+    "ScopeState",
     "SmaCrossover",
     "SymbolBook",
     "SymbolRiskState",
     "TradeResult",
+    "TradingStates",
     "VarBacktester",
     "client_order_id_for",
     "signal_to_order",
