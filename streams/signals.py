@@ -10,15 +10,15 @@ State, per record key (the symbol), in the app's Quix state store (RocksDB + cha
 
 The hot path. A Quix state read and write per trade would cost more than the rest of the
 app together (≈10 µs of CPU against ≈2 µs; ``benchmarks/bench_signals.py --breakdown``), so
-the machines of the symbols seen live in memory (:class:`SymbolStates`) and what changed is written to the store
-right before Quix commits a checkpoint: ``bar`` for every symbol traded since the last
-commit, ``sma`` only for those whose bar closed. That checkpoint commits the offsets of those
-very trades, so the store always holds the state of exactly the committed trades: a restart
-(SIGTERM, or SIGKILL mid-checkpoint) resumes from the first uncommitted trade with the state
-before it, and reproduces the same signals (at-least-once: a signal produced after the last
-commit may be produced again, with the same id). A partition's symbols are dropped from
-memory when it is revoked, lost or assigned; the next trade of a symbol reads its state back
-from the store, which Quix has recovered from the changelog.
+the machines of the symbols seen live in memory (:class:`SymbolStates`) and what changed is
+written to the store right before Quix commits a checkpoint: ``bar`` for every symbol traded
+since the last commit, ``sma`` only for those whose bar closed. That checkpoint commits the
+offsets of those very trades, so the store always holds the state of exactly the committed
+trades: a restart (SIGTERM, or SIGKILL mid-checkpoint) resumes from the first uncommitted
+trade with the state before it, and reproduces the same signals (at-least-once: a signal
+produced after the last commit may be produced again, with the same id). A partition's
+symbols are dropped from memory when it is revoked, lost or assigned; the next trade of a
+symbol reads its state back from the store, which Quix has recovered from the changelog.
 
 Trades are decoded straight to dicts (no pydantic); signals and orders are built as models
 (rare) and written as their dicts. One dataframe step per trade: the apply sends undecodable
