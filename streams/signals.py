@@ -75,7 +75,11 @@ class SymbolStates:
 
     Bound to the dataframe whose store holds them: its checkpoint commits go through
     :meth:`flush` first (every commit: on time, on revoke, on stop), and its partition
-    assignments and revocations drop the partition's keys from memory.
+    assignments and revocations drop the partition's keys from memory. Quix has no public
+    hook for either: these wrap ``ProcessingContext.commit_checkpoint`` and
+    ``StateStoreManager.on_partition_assign`` / ``on_partition_revoke`` (quixstreams 3.28;
+    a missing one fails at build time, and tests/test_signals_restart.py fails if a wrap
+    stops being called).
     """
 
     def __init__(self, sdf: StreamingDataFrame, fresh: Callable[[str], SmaCrossover]) -> None:
