@@ -14,24 +14,17 @@ Run: .venv/bin/python benchmarks/bench_replay.py [--rounds N] [FILE ...]
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
 import sys
-import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from confluent_kafka import Producer
+from harness import broker, namespace, shared_data
 
-from core.config import Settings, load_settings
-from core.kafka import ensure_topics, producer_config
+from core.config import Settings
+from core.kafka import producer_config
 from core.topics import TopicNames
-from omniquant.stack.kafka import LocalKafka
-from omniquant.stages import topic_catalog
 from producers.replay import open_files, replay
 from producers.replay._avro import RecordEncoder, TimestampEncoder
 from producers.replay._files import merge_items
@@ -39,43 +32,6 @@ from producers.replay._model import QUOTE, SKIP, TRADE, to_record
 from schemas.serde import AvroSerde
 
 DEFAULT_FILES = ("Lean/Data/equity/usa/tick/aig/20131007_quote.zip",)
-
-
-def _shared_data() -> Path:
-    env = os.environ.get("OMNIQUANT_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def _broker() -> Iterator[str]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        print(f"broker: external {external}")
-        yield external
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-replay-") as state:
-        kafka = LocalKafka(Path(state), port=_free_port(), controller_port=_free_port(), heap="1g")
-        took = kafka.start()
-        print(f"broker: LocalKafka {kafka.bootstrap} (started in {took:.1f} s)")
-        try:
-            yield kafka.bootstrap
-        finally:
-            kafka.stop()
-
-
-def _namespace(bootstrap: str, label: str) -> Settings:
-    settings = load_settings(
-        kafka={"bootstrap_servers": bootstrap},
-        topic_prefix=f"bench-{label}-{uuid.uuid4().hex[:8]}.",
-    )
-    ensure_topics(settings, topic_catalog())
-    return settings
 
 
 def _pre_encode(files: list[Path], settings: Settings) -> list[tuple[int, bytes, bytes, int]]:
@@ -146,13 +102,13 @@ def main() -> None:
     parser.add_argument("files", nargs="*", help="default: AIG 20131007 quotes")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    root = _shared_data()
+    root = shared_data()
     files = [Path(f) for f in args.files] or [root / f for f in DEFAULT_FILES]
     for file in files:
         if not file.exists():
             sys.exit(f"missing {file} (set OMNIQUANT_SHARED_DATA)")
-    with _broker() as bootstrap:
-        warm = _namespace(bootstrap, "warm")
+    with broker("replay") as bootstrap:
+        warm = namespace(bootstrap, "warm")
         print("pre-encoding (and checking 1000 messages against AvroSerde.encode) ...")
         messages = _pre_encode(files, warm)
         n = len(messages)
@@ -160,11 +116,11 @@ def main() -> None:
         # Warm-up, not timed: connections, idempotent producer id, the broker's JIT and page
         # cache (a fresh broker is markedly slower on its first million messages).
         _raw_loop(warm, messages)
-        _replay_once(_namespace(bootstrap, "warm-replay"), files, n)
+        _replay_once(namespace(bootstrap, "warm-replay"), files, n)
         raw_times: list[float] = []
         replay_times: list[float] = []
         for round_no in range(1, args.rounds + 1):
-            raw_ns, replay_ns = _namespace(bootstrap, "raw"), _namespace(bootstrap, "replay")
+            raw_ns, replay_ns = namespace(bootstrap, "raw"), namespace(bootstrap, "replay")
             if round_no % 2:  # alternate who goes first: the broker may still be busy after one
                 raw_times.append(_raw_loop(raw_ns, messages))
                 replay_times.append(_replay_once(replay_ns, files, n))

@@ -22,23 +22,19 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
+from harness import broker, namespace, peak_rss_mb
 
-from core.config import Settings, load_settings
-from core.kafka import LagProbe, consumer_config, end_offsets, ensure_topics
+from core.config import Settings
+from core.kafka import LagProbe, consumer_config, end_offsets
 from core.topics import TopicNames
-from omniquant.stack.kafka import LocalKafka
-from omniquant.stages import topic_catalog
 from producers.kafka_producer import RecordProducer
 from producers.synthetic import GbmTradeGenerator
 from schemas.fixedpoint import to_fixed
@@ -46,29 +42,6 @@ from schemas.models import Fill, Side, Trade
 from schemas.serde import AvroSerde
 
 T0 = 1_700_000_000_000_000_000
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def _broker() -> Iterator[str]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        print(f"broker: external {external}")
-        yield external
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-risk-") as state:
-        kafka = LocalKafka(Path(state), port=_free_port(), controller_port=_free_port(), heap="1g")
-        took = kafka.start()
-        print(f"broker: LocalKafka {kafka.bootstrap} (started in {took:.1f} s)")
-        try:
-            yield kafka.bootstrap
-        finally:
-            kafka.stop()
 
 
 def _produce_input(settings: Settings, symbols: int, trades: int) -> tuple[int, int]:
@@ -124,13 +97,6 @@ def _raw_rate(settings: Settings, total: int) -> float:
     return total / elapsed
 
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _stages_rate(settings: Settings, total: int, state_dir: Path) -> tuple[float, dict]:
     names = TopicNames(settings.topic_prefix)
     prefix = settings.topic_prefix
@@ -169,7 +135,7 @@ def _stages_rate(settings: Settings, total: int, state_dir: Path) -> tuple[float
                     raise RuntimeError(f"{stage} exited with {app.returncode}")
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
-        rss = {stage: _peak_rss_mb(app.pid) for stage, app in apps.items()}
+        rss = {stage: peak_rss_mb(app.pid) for stage, app in apps.items()}
     finally:
         probe.close()
         for app in apps.values():
@@ -188,12 +154,8 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=500)
     parser.add_argument("--trades", type=int, default=100_000)
     args = parser.parse_args()
-    with _broker() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-risk-state-") as st:
-        settings = load_settings(
-            kafka={"bootstrap_servers": bootstrap},
-            topic_prefix=f"bench-risk-{uuid.uuid4().hex[:8]}.",
-        )
-        ensure_topics(settings, topic_catalog())
+    with broker("risk") as bootstrap, tempfile.TemporaryDirectory(prefix="bench-risk-state-") as st:
+        settings = namespace(bootstrap, "risk")
         started = time.perf_counter()
         trades, fills = _produce_input(settings, args.symbols, args.trades)
         total = trades + fills

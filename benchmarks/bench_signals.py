@@ -35,7 +35,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,8 +42,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,56 +49,19 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from fastavro import schemaless_reader
+from harness import broker, free_port, namespace, peak_rss_mb, shared_data
 
 from core.config import Settings, load_settings
-from core.kafka import LagProbe, consumer_config, end_offsets, ensure_topics, producer_config
+from core.kafka import LagProbe, consumer_config, end_offsets, producer_config
 from core.metrics import LATE_TRADES
 from core.topics import TopicNames
-from omniquant.stack.kafka import LocalKafka
-from omniquant.stages import CONSUMED, LiveFigure, topic_catalog
+from omniquant.stages import CONSUMED, LiveFigure
 from omniquant.supervisor import scrape
 
 DEFAULT_FILES = ("Lean/Data/equity/usa/tick/spy/20131007_trade.zip",)
 HEADER = 10  # single-object encoding: C3 01 + 8-byte fingerprint
 SCRAPE_S = 0.05
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _shared_data() -> Path:
-    env = os.environ.get("OMNIQUANT_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def _broker() -> Iterator[str]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        print(f"broker: external {external}")
-        yield external
-        return
-    with tempfile.TemporaryDirectory(prefix="bench-signals-") as state:
-        kafka = LocalKafka(Path(state), port=_free_port(), controller_port=_free_port(), heap="1g")
-        took = kafka.start()
-        print(f"broker: LocalKafka {kafka.bootstrap} (started in {took:.1f} s)")
-        try:
-            yield kafka.bootstrap
-        finally:
-            kafka.stop()
-
-
-def _namespace(bootstrap: str, label: str) -> Settings:
-    settings = load_settings(
-        kafka={"bootstrap_servers": bootstrap},
-        topic_prefix=f"bench-{label}-{uuid.uuid4().hex[:8]}.",
-    )
-    ensure_topics(settings, topic_catalog())
-    return settings
 
 
 def _trade_schema() -> Any:
@@ -174,13 +134,6 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 @dataclass
 class StageRun:
     drain: Drain
@@ -194,7 +147,7 @@ class StageRun:
 def _stage(settings: Settings, total: int, state_dir: Path, log: Path) -> StageRun:
     """Run ``omniquant stage signals`` until it has consumed and committed ``total``."""
     names = TopicNames(settings.topic_prefix)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQUANT_")}
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap(),
@@ -232,7 +185,7 @@ def _stage(settings: Settings, total: int, state_dir: Path, log: Path) -> StageR
         while probe.lag(f"{settings.topic_prefix}signals", [names.trades]) != 0:
             time.sleep(SCRAPE_S)
         to_lag0 = time.perf_counter() - started
-        rss = _peak_rss_mb(app.pid)
+        rss = peak_rss_mb(app.pid)
         metrics = scrape(port)
         late = LiveFigure("late", LATE_TRADES).read(metrics)
     finally:
@@ -448,18 +401,21 @@ def main() -> None:
     parser.add_argument("--rss-symbols", type=int, default=5_000)
     parser.add_argument("--breakdown", action="store_true", help="per-layer costs too")
     args = parser.parse_args()
-    root = _shared_data()
+    root = shared_data()
     files = [Path(f) for f in args.files] or [root / f for f in DEFAULT_FILES]
     for file in files:
         if not file.exists():
             sys.exit(f"missing {file} (set OMNIQUANT_SHARED_DATA)")
-    with _broker() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-signals-") as tmp:
+    with (
+        broker("signals") as bootstrap,
+        tempfile.TemporaryDirectory(prefix="bench-signals-") as tmp,
+    ):
         log = Path(tmp) / "stage.log"
         raws: list[Drain] = []
         stages: list[StageRun] = []
         first_round: tuple[Settings, int] | None = None
         for round_no in range(1, args.rounds + 1):
-            settings = _namespace(bootstrap, f"signals{round_no}")
+            settings = namespace(bootstrap, f"signals{round_no}")
             total = _replay(settings, files)
             first_round = first_round or (settings, total)
             state = Path(tmp) / f"state{round_no}"
@@ -496,7 +452,7 @@ def main() -> None:
             f"{raw_cpu / stage_cpu:.2f}x CPU per record (target >= 0.6)"
         )
         if args.rss_trades:
-            settings = _namespace(bootstrap, "signals-rss")
+            settings = namespace(bootstrap, "signals-rss")
             started = time.perf_counter()
             total = _synthetic(settings, args.rss_symbols, args.rss_trades)
             print(
