@@ -218,13 +218,14 @@ def test_portfolio_equity_is_cash_plus_marked_positions_exactly(pipeline_run) ->
     )[0]
     assert int(rows["n"]) > 0 and int(rows["broken"]) == 0 and int(rows["broken_pnl"]) == 0
     # the latest portfolio of each account agrees with the sum of its latest positions
+    # (latest = last written: one partition per account, and per account and symbol)
     mismatch = _sql(
         env,
         "SELECT p.account AS account, p.unrealized_pnl AS book, s.unrealized AS positions "
-        "FROM (SELECT account, argMax(unrealized_pnl, (ts_event, _offset)) AS unrealized_pnl "
+        "FROM (SELECT account, argMax(unrealized_pnl, _offset) AS unrealized_pnl "
         "      FROM omniquant.portfolio GROUP BY account) AS p "
         "JOIN (SELECT account, sum(u) AS unrealized FROM "
-        "      (SELECT account, symbol, argMax(unrealized_pnl, (ts_event, _offset)) AS u "
+        "      (SELECT account, symbol, argMax(unrealized_pnl, _offset) AS u "
         "       FROM omniquant.positions GROUP BY account, symbol) GROUP BY account) AS s "
         "ON p.account = s.account WHERE p.unrealized_pnl != s.unrealized",
     )

@@ -200,7 +200,7 @@ def test_snapshot_restore_anywhere_gives_the_same_books(stream: list, restore_at
     assert restored == straight
 
 
-def brute_force_totals(book: AccountBook, symbols: tuple[str, ...]) -> AccountTotals:
+def brute_force_totals(book: AccountBook, symbols: tuple[str, ...], as_of: int) -> AccountTotals:
     """The sums recomputed from every holding, largest ties to the first symbol."""
     holdings = {s: h for s in symbols if (h := book.holding(s)) is not None}
     largest_symbol, largest = None, 0
@@ -215,6 +215,7 @@ def brute_force_totals(book: AccountBook, symbols: tuple[str, ...]) -> AccountTo
         open_positions=sum(1 for h in holdings.values() if h.quantity),
         largest_symbol=largest_symbol,
         largest_value=largest,
+        as_of=as_of,
     )
 
 
@@ -235,7 +236,19 @@ def test_running_totals_equal_a_recomputation_over_every_holding(updates: list) 
             ts_event=i, ts_init=i,
         )  # fmt: skip
         book.on_position(position, i)
-        assert book.totals == brute_force_totals(book, SYMBOLS)
+        assert book.totals == brute_force_totals(book, SYMBOLS, as_of=i)
+
+
+def test_a_snapshot_is_stamped_with_the_latest_event_time_in_the_book() -> None:
+    book = AccountBook("a", START)
+    stamps = []
+    for symbol, ts in (("AAA", 10), ("BBB", 30), ("AAA", 20)):  # BBB's mark arrived first
+        position = Position(
+            account="a", symbol=symbol, quantity=to_fixed(1), last_price=to_fixed(1),
+            ts_event=ts, ts_init=ts,
+        )  # fmt: skip
+        stamps.append(book.on_position(position, 0).ts_event)
+    assert stamps == [10, 30, 30]
 
 
 def test_foreign_snapshots_are_refused() -> None:

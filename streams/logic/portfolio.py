@@ -173,6 +173,9 @@ class AccountTotals:
     open_positions: int = 0
     largest_symbol: str | None = None  # largest |value|; ties go to the first symbol
     largest_value: int = 0
+    # the latest event time in the book: positions of different symbols reach the account
+    # in arrival order, so a snapshot is stamped with this, never earlier than the last
+    as_of: int = 0
 
     def to_list(self) -> list[Any]:
         return [
@@ -183,6 +186,7 @@ class AccountTotals:
             self.open_positions,
             self.largest_symbol,
             self.largest_value,
+            self.as_of,
         ]
 
     @classmethod
@@ -196,6 +200,7 @@ class AccountTotals:
             int(data[4]),
             None if largest is None else str(largest),
             int(data[6]),
+            int(data[7]) if len(data) > 7 else 0,
         )
 
 
@@ -267,8 +272,9 @@ class AccountBook:
             open_positions=t.open_positions - (o.quantity != 0) + (new.quantity != 0),
             largest_symbol=largest_symbol if largest_value else None,
             largest_value=largest_value,
+            as_of=max(t.as_of, position.ts_event),
         )
-        return self.portfolio(position.ts_event, ts_init)
+        return self.portfolio(self._totals.as_of, ts_init)
 
     def portfolio(self, ts_event: int, ts_init: int) -> PortfolioSnapshot:
         t = self._totals
