@@ -167,6 +167,16 @@ class RiskLimits(_Section):
         default=Decimal("5000"), gt=0, description="absolute shares/units per symbol"
     )
     max_order_quantity: Decimal = Field(default=Decimal("100000"), gt=0)
+    price_collar: Decimal = Field(
+        default=Decimal("0.05"),
+        gt=0,
+        le=1,
+        description="an order's reference/limit price must be within this fraction of the "
+        "gate's market price",
+    )
+    max_price_age_ms: int = Field(
+        default=5000, ge=1, description="oldest last trade (event time) the gate prices with"
+    )
 
 
 class FeedCredentials(_Section):

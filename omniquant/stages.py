@@ -181,8 +181,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         name="risk-gate",
         entry_point="streams.risk_gate:run",
-        summary="Quix app: order requests → risk decisions, approved orders.",
-        inputs=("orders.requests",),
+        summary="Quix app: order requests (valued at its own market prices) → risk decisions.",
+        inputs=("orders.requests", "market.trades"),
         outputs=("risk.decisions", "orders.approved"),
         dead_letter="risk-gate",
         figures=(

@@ -3,7 +3,10 @@
 Every request gets exactly one decision on the risk-decisions topic, with every check's
 inputs and result (decisions are data, not exceptions). Approved requests are forwarded
 unchanged to the approved-orders topic. The per-symbol exposure the checks need lives in
-Quix state keyed by symbol (order requests are keyed by symbol). Each account's trading
+Quix state keyed by symbol (order requests are keyed by symbol). Orders are valued at the
+gate's own market price: the gate reads the trades topic too (co-partitioned by symbol,
+aligned by event time) and keeps each symbol's last trade in the same state scope; the
+price a requester claims is only checked against it (the collar). Each account's trading
 state (ACTIVE / REDUCING / HALTED, the kill switch) comes from the control topic and Redis
 through a :class:`~streams.control.TradingStateWatcher`: a halt rejects every new order of
 the account within a second.
@@ -19,8 +22,10 @@ from core.config import Settings
 from core.metrics import RISK_DECISIONS
 from schemas.models import Decision, OrderRequest
 from streams.control import TradingStateWatcher
-from streams.logic.risk import PreTradeRisk, RiskLimitsRaw, SymbolRiskState
+from streams.logic.risk import MarketPrice, PreTradeRisk, RiskLimitsRaw, SymbolRiskState
 from streams.runtime import StreamApp, correlation_headers, now_ns
+
+_MARKET = "market"
 
 
 class RiskGateProcessor:
@@ -28,12 +33,27 @@ class RiskGateProcessor:
         self.risk = PreTradeRisk(RiskLimitsRaw.from_config(settings.risk))
         self.trading = trading
 
+    def on_record(self, value: dict[str, Any], state: State[str, Any]) -> dict[str, Any] | None:
+        """A trade updates the symbol's market price (no output); an order gets a decision."""
+        if "client_order_id" not in value:
+            market = state.get(_MARKET)
+            ts = int(value["ts_event"])
+            if market is None or ts >= market[1]:
+                state.set(_MARKET, [int(value["price"]), ts])
+            return None
+        return self.on_order(value, state)
+
     def on_order(self, request: dict[str, Any], state: State[str, Any]) -> dict[str, Any]:
         order = OrderRequest.model_validate(request)
+        market = state.get(_MARKET)
         stored = state.get("risk")
         current = SymbolRiskState.from_dict(stored) if stored is not None else SymbolRiskState()
         decision, updated = self.risk.check(
-            order, current, ts_init=now_ns(), trading=self.trading.of(order.account)
+            order,
+            current,
+            ts_init=now_ns(),
+            trading=self.trading.of(order.account),
+            market=MarketPrice.from_list(market) if market is not None else None,
         )
         state.set("risk", updated.to_dict())
         RISK_DECISIONS.labels(decision.decision.value).inc()
@@ -45,8 +65,8 @@ def build(settings: Settings, name: str) -> StreamApp:
     """The app under the stage name the registry gives it (its group and dead letters)."""
     stream = StreamApp(settings, name)
     processor = RiskGateProcessor(settings, TradingStateWatcher(settings).start())
-    requests = stream.dataframe("orders.requests")
-    outputs = requests.apply(processor.on_order, stateful=True)
+    records = stream.dataframe("orders.requests").concat(stream.dataframe("market.trades"))
+    outputs = records.apply(processor.on_record, stateful=True).filter(lambda o: o is not None)
 
     decisions = outputs.apply(lambda out: out["decision"])
     decisions = decisions.set_headers(correlation_headers("client_order_id"))

@@ -16,7 +16,7 @@ from core.kafka import consumer_config
 from core.topics import TopicNames
 from producers.kafka_producer import RecordProducer
 from schemas.fixedpoint import to_fixed
-from schemas.models import Decision, OrderRequest, RiskDecision, Side
+from schemas.models import Decision, OrderRequest, RiskDecision, Side, Trade
 from schemas.serde import AvroSerde
 from streams.control import redis_hash
 
@@ -80,8 +80,16 @@ def test_halt_rejects_an_accounts_orders_within_a_second_and_resume_lifts_it(
     n = 0
 
     def send(account: str) -> str:
+        """A fresh SPY trade (the gate prices orders at its own market data), then an
+        order of ``account``."""
         nonlocal n
         n += 1
+        now = time.time_ns()
+        trade = Trade(
+            symbol="SPY", venue="T", price=to_fixed(100), size=to_fixed(1), source="test",
+            ts_event=now, ts_init=now,
+        )  # fmt: skip
+        producer.send(names.trades, trade, key="SPY")
         order = _order(f"o-{n}", account)
         producer.send(names.order_requests, order, key="SPY")
         producer.flush()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from core.config import RiskLimits
 from schemas.fixedpoint import mul, to_fixed
 from schemas.models import Decision, Fill, OrderRequest, OrderType, Side, TradingState
-from streams.logic.risk import PreTradeRisk, RiskLimitsRaw, SymbolRiskState
+from streams.logic.risk import MarketPrice, PreTradeRisk, RiskLimitsRaw, SymbolRiskState
 from streams.logic.trading_state import ScopeState
 
 TS = 1_700_000_000_000_000_000
@@ -26,6 +26,16 @@ LIMITS = RiskLimitsRaw(
     max_order_notional=px(250_000), max_position_per_symbol=px(5000), max_order_quantity=px(1000)
 )
 RISK = PreTradeRisk(LIMITS)
+_AUTO = object()
+
+
+def check(risk, request, state, ts_init, trading=None, market=_AUTO):
+    """``risk.check`` with, unless given, the gate's market price at the price the order
+    names (so these tests drive notional and position through the order's price)."""
+    if market is _AUTO:
+        named = request.reference_price or request.limit_price
+        market = MarketPrice(named if named and named > 0 else px(100), request.ts_event)
+    return risk.check(request, state, ts_init=ts_init, trading=trading, market=market)
 
 
 def order(
@@ -70,12 +80,13 @@ def test_non_positive_limit_is_refused() -> None:
 
 
 def test_order_within_all_limits_is_approved_and_opens_its_quantity() -> None:
-    decision, state = RISK.check(order(Side.BUY, 100, "187.25"), SymbolRiskState(), ts_init=TS + 5)
+    decision, state = check(RISK, order(Side.BUY, 100, "187.25"), SymbolRiskState(), ts_init=TS + 5)
     assert decision.decision == Decision.APPROVED
     assert decision.reason == "approved"
     assert [c.name for c in decision.checks] == [
         "quantity",
         "price",
+        "price_collar",
         "notional",
         "trading_state",
         "position",
@@ -96,7 +107,7 @@ def test_order_within_all_limits_is_approved_and_opens_its_quantity() -> None:
 
 
 def test_order_over_notional_limit_is_rejected() -> None:
-    decision, state = RISK.check(order(Side.BUY, 1000, "250.01"), SymbolRiskState(), ts_init=TS)
+    decision, state = check(RISK, order(Side.BUY, 1000, "250.01"), SymbolRiskState(), ts_init=TS)
     assert decision.decision == Decision.REJECTED
     notional = {c.name: c for c in decision.checks}["notional"]
     assert not notional.passed
@@ -107,66 +118,100 @@ def test_order_over_notional_limit_is_rejected() -> None:
 
 
 def test_order_at_exactly_the_notional_limit_is_approved() -> None:
-    decision, _ = RISK.check(order(Side.SELL, 1000, "250"), SymbolRiskState(), ts_init=TS)
+    decision, _ = check(RISK, order(Side.SELL, 1000, "250"), SymbolRiskState(), ts_init=TS)
     assert decision.decision == Decision.APPROVED
 
 
 def test_order_over_max_quantity_is_rejected() -> None:
-    decision, _ = RISK.check(order(Side.BUY, 1001, "1"), SymbolRiskState(), ts_init=TS)
+    decision, _ = check(RISK, order(Side.BUY, 1001, "1"), SymbolRiskState(), ts_init=TS)
     assert decision.decision == Decision.REJECTED
     assert decision.reason == "order quantity 1001 exceeds max_order_quantity 1000"
 
 
-def test_market_order_without_reference_price_is_rejected_with_clear_reason() -> None:
-    decision, state = RISK.check(order(reference_price=None), SymbolRiskState(), ts_init=TS)
-    assert decision.decision == Decision.REJECTED
+def test_market_order_without_reference_price_is_valued_at_the_gates_market_price() -> None:
+    market = MarketPrice(px(300), TS - 1)
+    decision, state = check(
+        RISK, order(Side.BUY, 1000, None), SymbolRiskState(), ts_init=TS, market=market
+    )
     checks = {c.name: c for c in decision.checks}
-    assert not checks["price"].passed and checks["price"].value is None
-    assert not checks["notional"].passed and checks["notional"].value is None
-    assert checks["quantity"].passed and checks["position"].passed
-    assert decision.reason.startswith("market order has no reference price")
-    assert state == SymbolRiskState()
+    assert checks["price"].passed and checks["price"].value == px(300)
+    assert checks["price_collar"].passed  # it names no price to check
+    assert not checks["notional"].passed and checks["notional"].value == px(300_000)
+    assert decision.decision == Decision.REJECTED and state == SymbolRiskState()
+
+
+def test_an_order_claiming_a_price_far_from_the_market_is_valued_at_the_market() -> None:
+    # The hole the gate had: 4,999 SPY "at 0.01" while SPY trades at 167.
+    spy = MarketPrice(px("167.10"), TS - 1_000_000)
+    decision, _ = check(RISK, order(Side.BUY, 4999, "0.01"), SymbolRiskState(), TS, market=spy)
+    checks = {c.name: c for c in decision.checks}
+    assert decision.decision == Decision.REJECTED
+    assert not checks["price_collar"].passed
+    assert "reference price 0.01 outside ±5% of market 167.1" in checks["price_collar"].message
+    assert not checks["notional"].passed and checks["notional"].value == px("835332.9")
+
+
+def test_no_market_price_or_a_stale_one_rejects_with_that_reason() -> None:
+    none, _ = check(RISK, order(), SymbolRiskState(), TS, market=None)
+    assert none.decision == Decision.REJECTED
+    assert none.reason.startswith("no market price for AAPL")
+    stale = MarketPrice(px(100), TS - LIMITS.max_price_age_ns - 1)
+    old, _ = check(RISK, order(), SymbolRiskState(), TS, market=stale)
+    assert old.decision == Decision.REJECTED and "stale" in old.reason
+    fresh = MarketPrice(px(100), TS - LIMITS.max_price_age_ns)
+    ok, _ = check(RISK, order(), SymbolRiskState(), TS, market=fresh)
+    assert ok.decision == Decision.APPROVED
+
+
+def test_limit_price_outside_the_collar_is_rejected() -> None:
+    limit = order(Side.BUY, 10, None, order_type=OrderType.LIMIT, limit_price="110")
+    decision, _ = check(RISK, limit, SymbolRiskState(), TS, market=MarketPrice(px(100), TS))
+    assert decision.decision == Decision.REJECTED
+    assert "limit price 110 outside ±5% of market 100" in decision.reason
+    inside = order(Side.BUY, 10, None, order_type=OrderType.LIMIT, limit_price="104.99")
+    decision, _ = check(RISK, inside, SymbolRiskState(), TS, market=MarketPrice(px(100), TS))
+    assert decision.decision == Decision.APPROVED
 
 
 def test_limit_order_without_reference_price_is_valued_at_its_limit_price() -> None:
     limit_order = order(
         Side.BUY, 1000, None, order_type=OrderType.LIMIT, limit_price="300"
     )  # 300k notional
-    decision, _ = RISK.check(limit_order, SymbolRiskState(), ts_init=TS)
+    decision, _ = check(RISK, limit_order, SymbolRiskState(), ts_init=TS)
     checks = {c.name: c for c in decision.checks}
     assert checks["price"].passed and checks["price"].value == px(300)
     assert not checks["notional"].passed and checks["notional"].value == px(300_000)
 
 
 def test_order_with_non_positive_reference_price_is_rejected() -> None:
-    decision, _ = RISK.check(order(reference_price="0"), SymbolRiskState(), ts_init=TS)
+    decision, _ = check(RISK, order(reference_price="0"), SymbolRiskState(), ts_init=TS)
     assert decision.decision == Decision.REJECTED
-    assert "price 0 is not positive" in decision.reason
+    assert "reference price 0 outside ±5% of market 100" in decision.reason
 
 
 def test_projected_position_counts_position_and_open_quantity() -> None:
     state = SymbolRiskState(position=px(4000), open_quantity=px(900))
-    decision, after = RISK.check(order(Side.BUY, 101, "10"), state, ts_init=TS)
+    decision, after = check(RISK, order(Side.BUY, 101, "10"), state, ts_init=TS)
     assert decision.decision == Decision.REJECTED
     position = {c.name: c for c in decision.checks}["position"]
     assert position.value == px(5001) and position.limit == px(5000)
     assert decision.reason == "projected position 5001 exceeds ±max_position_per_symbol 5000"
     assert after == state
-    decision, after = RISK.check(order(Side.BUY, 100, "10"), state, ts_init=TS)
+    decision, after = check(RISK, order(Side.BUY, 100, "10"), state, ts_init=TS)
     assert decision.decision == Decision.APPROVED
     assert after == SymbolRiskState(position=px(4000), open_quantity=px(1000))
 
 
 def test_short_projected_position_over_limit_is_rejected() -> None:
     state = SymbolRiskState(position=-px(4500))
-    decision, _ = RISK.check(order(Side.SELL, 600, "10"), state, ts_init=TS)
+    decision, _ = check(RISK, order(Side.SELL, 600, "10"), state, ts_init=TS)
     assert decision.decision == Decision.REJECTED
     assert {c.name: c for c in decision.checks}["position"].value == -px(5100)
 
 
 def test_order_reducing_exposure_over_a_lowered_limit_is_approved() -> None:
     state = SymbolRiskState(position=px(6000))
-    decision, after = RISK.check(order(Side.SELL, 500, "10"), state, ts_init=TS)
+    decision, after = check(RISK, order(Side.SELL, 500, "10"), state, ts_init=TS)
     assert decision.decision == Decision.APPROVED
     assert "reduces exposure" in {c.name: c for c in decision.checks}["position"].message
     assert after.projected == px(5500)
@@ -181,13 +226,13 @@ def test_order_flipping_past_the_limit_is_rejected() -> None:
         )
     )
     state = SymbolRiskState(position=px(120))  # over the limit of 100
-    decision, _ = small.check(order(Side.SELL, 250, "1"), state, ts_init=TS)
+    decision, _ = check(small, order(Side.SELL, 250, "1"), state, ts_init=TS)
     assert decision.decision == Decision.REJECTED  # 120 → -130: smaller, but flipped past -100
 
 
 def test_all_failed_checks_are_reported_and_joined_in_the_reason() -> None:
     state = SymbolRiskState(position=px(5000))
-    decision, _ = RISK.check(order(Side.BUY, 2000, "500"), state, ts_init=TS)
+    decision, _ = check(RISK, order(Side.BUY, 2000, "500"), state, ts_init=TS)
     assert decision.decision == Decision.REJECTED
     failed = [c for c in decision.checks if not c.passed]
     assert [c.name for c in failed] == ["quantity", "notional", "position"]
@@ -197,15 +242,15 @@ def test_all_failed_checks_are_reported_and_joined_in_the_reason() -> None:
 
 
 def test_decision_id_is_deterministic_from_client_order_id() -> None:
-    a, _ = RISK.check(order(client_order_id="x-1"), SymbolRiskState(), ts_init=1)
-    b, _ = RISK.check(order(client_order_id="x-1"), SymbolRiskState(position=px(7)), ts_init=2)
-    c, _ = RISK.check(order(client_order_id="x-2"), SymbolRiskState(), ts_init=1)
+    a, _ = check(RISK, order(client_order_id="x-1"), SymbolRiskState(), ts_init=1)
+    b, _ = check(RISK, order(client_order_id="x-1"), SymbolRiskState(position=px(7)), ts_init=2)
+    c, _ = check(RISK, order(client_order_id="x-2"), SymbolRiskState(), ts_init=1)
     assert a.decision_id == b.decision_id != c.decision_id
     assert a.client_order_id == "x-1"
 
 
 def test_fill_moves_quantity_from_open_to_position() -> None:
-    _, state = RISK.check(order(Side.SELL, 300, "10"), SymbolRiskState(), ts_init=TS)
+    _, state = check(RISK, order(Side.SELL, 300, "10"), SymbolRiskState(), ts_init=TS)
     fill = Fill(
         fill_id="f1",
         client_order_id="sma-x-AAPL-abc",
@@ -257,14 +302,15 @@ def test_decision_is_approved_iff_every_check_passes_and_state_follows(
         ts_init=TS,
     )
     state = SymbolRiskState(position=position, open_quantity=open_quantity)
-    decision, after = RISK.check(request, state, ts_init=TS)
+    decision, after = check(RISK, request, state, ts_init=TS)
     signed = quantity if side == Side.BUY else -quantity
     projected = position + open_quantity + signed
+    # the market the helper gives: the named price when positive, else 100
+    market = price if price is not None and price > 0 else px(100)
     expected_ok = (
         quantity <= LIMITS.max_order_quantity
-        and price is not None
-        and price > 0
-        and abs(mul(quantity, price)) <= LIMITS.max_order_notional
+        and (price is None or abs(price - market) <= mul(market, LIMITS.price_collar))
+        and abs(mul(quantity, market)) <= LIMITS.max_order_notional
         and (
             abs(projected) <= LIMITS.max_position_per_symbol
             or (
@@ -273,7 +319,7 @@ def test_decision_is_approved_iff_every_check_passes_and_state_follows(
             )
         )
     )
-    assert len(decision.checks) == 5
+    assert len(decision.checks) == 6
     assert (decision.decision == Decision.APPROVED) == expected_ok
     assert (decision.decision == Decision.APPROVED) == all(c.passed for c in decision.checks)
     if expected_ok:
@@ -292,8 +338,8 @@ def _scope(state: TradingState) -> ScopeState:
 
 
 def test_a_halted_account_has_every_order_rejected_with_reason_halted() -> None:
-    decision, after = RISK.check(
-        order(), SymbolRiskState(), ts_init=TS, trading=_scope(TradingState.HALTED)
+    decision, after = check(
+        RISK, order(), SymbolRiskState(), ts_init=TS, trading=_scope(TradingState.HALTED)
     )
     assert decision.decision == Decision.REJECTED
     assert decision.reason.startswith("HALTED")
@@ -304,10 +350,10 @@ def test_a_halted_account_has_every_order_rejected_with_reason_halted() -> None:
 def test_a_reducing_account_may_only_reduce_exposure() -> None:
     long = SymbolRiskState(position=px(300))
     reducing = _scope(TradingState.REDUCING)
-    sell, _ = RISK.check(order(Side.SELL, 100), long, ts_init=TS, trading=reducing)
-    buy, _ = RISK.check(order(Side.BUY, 100), long, ts_init=TS, trading=reducing)
-    flip, _ = RISK.check(order(Side.SELL, 400), long, ts_init=TS, trading=reducing)
-    flat, _ = RISK.check(order(Side.BUY, 1), SymbolRiskState(), ts_init=TS, trading=reducing)
+    sell, _ = check(RISK, order(Side.SELL, 100), long, ts_init=TS, trading=reducing)
+    buy, _ = check(RISK, order(Side.BUY, 100), long, ts_init=TS, trading=reducing)
+    flip, _ = check(RISK, order(Side.SELL, 400), long, ts_init=TS, trading=reducing)
+    flat, _ = check(RISK, order(Side.BUY, 1), SymbolRiskState(), ts_init=TS, trading=reducing)
     assert sell.decision == Decision.APPROVED
     assert [d.decision for d in (buy, flip, flat)] == [Decision.REJECTED] * 3
     assert buy.reason.startswith("REDUCING")

@@ -10,11 +10,16 @@ Checks, in this order (values and limits are raw fixed-point):
 ``quantity``
     ``0 < quantity <= max_order_quantity``.
 ``price``
-    A positive price to value the order: the order's ``reference_price``; for a LIMIT order
-    without one, its ``limit_price``. A MARKET order without a reference price is rejected.
+    The gate's own market price of the symbol (:class:`MarketPrice`: the last trade the gate
+    saw on the market topics, never a price the requester claims), not older than
+    ``max_price_age_ns`` of event time at the order's event time. No market price, or a
+    stale one, rejects the order with that reason.
+``price_collar``
+    The order's ``reference_price`` and ``limit_price``, where given, lie within
+    ``± price_collar`` (a fraction) of the market price.
 ``notional``
-    ``|quantity × price| <= max_order_notional`` (``fixedpoint.mul``). Fails when there is
-    no usable price (the notional is unknown; value is None).
+    ``|quantity × market price| <= max_order_notional`` (``fixedpoint.mul``). Fails when
+    there is no usable market price (the notional is unknown; value is None).
 ``trading_state``
     The account's trading state (the kill switch, :mod:`streams.logic.trading_state`):
     HALTED rejects every order; REDUCING passes only an order that strictly reduces the
@@ -43,7 +48,6 @@ from schemas.models import (
     Decision,
     Fill,
     OrderRequest,
-    OrderType,
     RiskCheck,
     RiskDecision,
     Side,
@@ -51,11 +55,12 @@ from schemas.models import (
 )
 from streams.logic.trading_state import ScopeState
 
-__all__ = ["PreTradeRisk", "RiskLimitsRaw", "SymbolRiskState"]
+__all__ = ["MarketPrice", "PreTradeRisk", "RiskLimitsRaw", "SymbolRiskState"]
 
 APPROVED_REASON: Final = "approved"
 CHECK_QUANTITY: Final = "quantity"
 CHECK_PRICE: Final = "price"
+CHECK_COLLAR: Final = "price_collar"
 CHECK_NOTIONAL: Final = "notional"
 CHECK_POSITION: Final = "position"
 CHECK_TRADING_STATE: Final = "trading_state"
@@ -81,9 +86,17 @@ class RiskLimitsRaw:
     max_order_notional: int
     max_position_per_symbol: int
     max_order_quantity: int
+    price_collar: int = to_fixed("0.05")  # fraction of the market price, raw
+    max_price_age_ns: int = 5 * 1_000_000_000
 
     def __post_init__(self) -> None:
-        for name in ("max_order_notional", "max_position_per_symbol", "max_order_quantity"):
+        for name in (
+            "max_order_notional",
+            "max_position_per_symbol",
+            "max_order_quantity",
+            "price_collar",
+            "max_price_age_ns",
+        ):
             value = getattr(self, name)
             if not 0 < value <= INT64_MAX:
                 raise ValueError(f"{name} must be a positive int64 raw value, got {value}")
@@ -94,7 +107,24 @@ class RiskLimitsRaw:
             max_order_notional=to_fixed(limits.max_order_notional),
             max_position_per_symbol=to_fixed(limits.max_position_per_symbol),
             max_order_quantity=to_fixed(limits.max_order_quantity),
+            price_collar=to_fixed(limits.price_collar),
+            max_price_age_ns=limits.max_price_age_ms * 1_000_000,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class MarketPrice:
+    """The gate's view of a symbol's market: the last trade it saw (raw price, event ns)."""
+
+    price: int
+    ts_event: int
+
+    def to_list(self) -> list[int]:
+        return [self.price, self.ts_event]
+
+    @classmethod
+    def from_list(cls, data: list[int]) -> MarketPrice:
+        return cls(int(data[0]), int(data[1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,13 +178,17 @@ class PreTradeRisk:
         state: SymbolRiskState,
         ts_init: int,
         trading: ScopeState | None = None,
+        market: MarketPrice | None = None,
     ) -> tuple[RiskDecision, SymbolRiskState]:
         """Decide on ``order``; the returned state includes it only when approved.
-        ``trading`` is the account's trading state in force (None: ACTIVE)."""
-        price = self._price(order)
+        ``trading`` is the account's trading state in force (None: ACTIVE); ``market`` the
+        gate's last trade of the symbol (None: none seen)."""
+        price_check = self._check_price(order, market)
+        price = market.price if price_check.passed and market is not None else None
         checks = [
             self._check_quantity(order.quantity),
-            self._check_price(order, price),
+            price_check,
+            self._check_collar(order, price),
             self._check_notional(order.quantity, price),
             self._check_trading_state(order, state, trading),
             self._check_position(order, state),
@@ -182,14 +216,6 @@ class PreTradeRisk:
         )
         return decision, updated
 
-    @staticmethod
-    def _price(order: OrderRequest) -> int | None:
-        if order.reference_price is not None:
-            return order.reference_price
-        if order.order_type == OrderType.LIMIT:
-            return order.limit_price
-        return None
-
     def _check_quantity(self, quantity: int) -> RiskCheck:
         limit = self.limits.max_order_quantity
         if quantity <= 0:
@@ -204,22 +230,60 @@ class PreTradeRisk:
             name=CHECK_QUANTITY, passed=passed, value=quantity, limit=limit, message=message
         )
 
-    @staticmethod
-    def _check_price(order: OrderRequest, price: int | None) -> RiskCheck:
-        if price is None:
-            if order.order_type == OrderType.MARKET:
-                message = "market order has no reference price; its notional cannot be checked"
-            else:
-                message = "limit order has neither a reference price nor a limit price"
+    def _check_price(self, order: OrderRequest, market: MarketPrice | None) -> RiskCheck:
+        limit = self.limits.max_price_age_ns
+        if market is None:
+            message = f"no market price for {order.symbol}: the gate has seen no trade of it"
             return RiskCheck(name=CHECK_PRICE, passed=False, value=None, message=message)
-        if price <= 0:
-            return RiskCheck(
-                name=CHECK_PRICE,
-                passed=False,
-                value=price,
-                message=f"price {_fmt(price)} is not positive",
+        age = order.ts_event - market.ts_event
+        if market.price <= 0:
+            passed, message = False, f"market price {_fmt(market.price)} is not positive"
+        elif age > limit:
+            passed = False
+            message = (
+                f"market price of {order.symbol} is stale: last trade {age / 1e9:.3f} s "
+                f"before the order, max {limit / 1e9:.3f} s"
             )
-        return RiskCheck(name=CHECK_PRICE, passed=True, value=price, message=f"price {_fmt(price)}")
+        else:
+            passed, message = True, f"market price {_fmt(market.price)} ({age / 1e9:.3f} s old)"
+        return RiskCheck(
+            name=CHECK_PRICE, passed=passed, value=market.price, limit=None, message=message
+        )
+
+    def _check_collar(self, order: OrderRequest, market: int | None) -> RiskCheck:
+        collar = self.limits.price_collar
+        claimed = [
+            (name, value)
+            for name, value in (("reference", order.reference_price), ("limit", order.limit_price))
+            if value is not None
+        ]
+        if market is None:
+            return RiskCheck(
+                name=CHECK_COLLAR,
+                passed=not claimed,
+                value=None,
+                limit=collar,
+                message="no market price to check the order's prices against"
+                if claimed
+                else "the order names no price",
+            )
+        band = mul(market, collar)
+        outside = [(n, v) for n, v in claimed if abs(v - market) > band]
+        worst = max((abs(v - market) for _, v in claimed), default=0)
+        if outside:
+            message = "; ".join(
+                f"{n} price {_fmt(v)} outside ±{_fmt(collar * 100)}% of market {_fmt(market)}"
+                for n, v in outside
+            )
+        else:
+            message = f"order prices within ±{_fmt(collar * 100)}% of market {_fmt(market)}"
+        return RiskCheck(
+            name=CHECK_COLLAR,
+            passed=not outside,
+            value=_clamp64(worst),
+            limit=band,
+            message=message,
+        )
 
     def _check_notional(self, quantity: int, price: int | None) -> RiskCheck:
         limit = self.limits.max_order_notional
