@@ -22,7 +22,14 @@ from core.config import Settings
 from core.metrics import RISK_DECISIONS
 from schemas.models import Decision, OrderRequest
 from streams.control import TradingStateWatcher
-from streams.logic.risk import MarketPrice, PreTradeRisk, RiskLimitsRaw, SymbolRiskState
+from streams.logic.risk import (
+    MarketPrice,
+    OpenOrder,
+    PreTradeRisk,
+    RiskLimitsRaw,
+    SymbolRiskState,
+    apply_report,
+)
 from streams.runtime import StreamApp, correlation_headers, now_ns
 
 _MARKET = "market"
@@ -34,7 +41,11 @@ class RiskGateProcessor:
         self.trading = trading
 
     def on_record(self, value: dict[str, Any], state: State[str, Any]) -> dict[str, Any] | None:
-        """A trade updates the symbol's market price (no output); an order gets a decision."""
+        """A trade updates the symbol's market price and an execution report its open
+        exposure (no output); an order gets a decision."""
+        if "report_id" in value:
+            self._on_report(value, state)
+            return None
         if "client_order_id" not in value:
             market = state.get(_MARKET)
             ts = int(value["ts_event"])
@@ -43,9 +54,30 @@ class RiskGateProcessor:
             return None
         return self.on_order(value, state)
 
+    def _on_report(self, report: dict[str, Any], state: State[str, Any]) -> None:
+        key = f"open:{report['client_order_id']}"
+        stored = state.get(key)
+        if stored is None:  # not an order this gate approved, or already done
+            return
+        current = state.get("risk")
+        exposure = SymbolRiskState.from_dict(current) if current is not None else SymbolRiskState()
+        exposure, still_open = apply_report(
+            exposure,
+            OpenOrder.from_list(stored),
+            str(report["exec_type"]),
+            int(report.get("last_quantity") or 0),
+        )
+        state.set("risk", exposure.to_dict())
+        if still_open is None:
+            state.delete(key)
+        else:
+            state.set(key, still_open.to_list())
+
     def on_order(self, request: dict[str, Any], state: State[str, Any]) -> dict[str, Any]:
         order = OrderRequest.model_validate(request)
         market = state.get(_MARKET)
+        seen = f"seen:{order.client_order_id}"
+        duplicate = state.get(seen) is not None
         stored = state.get("risk")
         current = SymbolRiskState.from_dict(stored) if stored is not None else SymbolRiskState()
         decision, updated = self.risk.check(
@@ -54,10 +86,16 @@ class RiskGateProcessor:
             ts_init=now_ns(),
             trading=self.trading.of(order.account),
             market=MarketPrice.from_list(market) if market is not None else None,
+            duplicate=duplicate,
         )
+        state.set(seen, 1)
         state.set("risk", updated.to_dict())
         RISK_DECISIONS.labels(decision.decision.value).inc()
         approved = decision.decision == Decision.APPROVED
+        if approved:
+            state.set(
+                f"open:{order.client_order_id}", OpenOrder(order.side, order.quantity).to_list()
+            )
         return {"decision": decision.model_dump(), "order": request if approved else None}
 
 
@@ -65,7 +103,11 @@ def build(settings: Settings, name: str) -> StreamApp:
     """The app under the stage name the registry gives it (its group and dead letters)."""
     stream = StreamApp(settings, name)
     processor = RiskGateProcessor(settings, TradingStateWatcher(settings).start())
-    records = stream.dataframe("orders.requests").concat(stream.dataframe("market.trades"))
+    records = (
+        stream.dataframe("orders.requests")
+        .concat(stream.dataframe("market.trades"))
+        .concat(stream.dataframe("execution.reports"))
+    )
     outputs = records.apply(processor.on_record, stateful=True).filter(lambda o: o is not None)
 
     decisions = outputs.apply(lambda out: out["decision"])

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from core.config import RiskLimits
 from schemas.fixedpoint import mul, to_fixed
 from schemas.models import Decision, Fill, OrderRequest, OrderType, Side, TradingState
-from streams.logic.risk import MarketPrice, PreTradeRisk, RiskLimitsRaw, SymbolRiskState
+from streams.logic.risk import (
+    MarketPrice,
+    OpenOrder,
+    PreTradeRisk,
+    RiskLimitsRaw,
+    SymbolRiskState,
+    apply_report,
+)
 from streams.logic.trading_state import ScopeState
 
 TS = 1_700_000_000_000_000_000
@@ -90,6 +97,7 @@ def test_order_within_all_limits_is_approved_and_opens_its_quantity() -> None:
         "notional",
         "trading_state",
         "position",
+        "duplicate_client_order_id",
     ]
     assert all(c.passed for c in decision.checks)
     checks = {c.name: c for c in decision.checks}
@@ -238,7 +246,8 @@ def test_all_failed_checks_are_reported_and_joined_in_the_reason() -> None:
     assert [c.name for c in failed] == ["quantity", "notional", "position"]
     assert decision.reason == "; ".join(c.message for c in failed)
     # every check reports its value (the trading state is a state, not a number)
-    assert all(c.value is not None for c in decision.checks if c.name != "trading_state")
+    stateless = {"trading_state", "duplicate_client_order_id"}  # states, not numbers
+    assert all(c.value is not None for c in decision.checks if c.name not in stateless)
 
 
 def test_decision_id_is_deterministic_from_client_order_id() -> None:
@@ -319,7 +328,7 @@ def test_decision_is_approved_iff_every_check_passes_and_state_follows(
             )
         )
     )
-    assert len(decision.checks) == 6
+    assert len(decision.checks) == 7
     assert (decision.decision == Decision.APPROVED) == expected_ok
     assert (decision.decision == Decision.APPROVED) == all(c.passed for c in decision.checks)
     if expected_ok:
@@ -357,3 +366,40 @@ def test_a_reducing_account_may_only_reduce_exposure() -> None:
     assert sell.decision == Decision.APPROVED
     assert [d.decision for d in (buy, flip, flat)] == [Decision.REJECTED] * 3
     assert buy.reason.startswith("REDUCING")
+
+
+# -- duplicates and open exposure ------------------------------------------------------
+
+
+def test_a_client_order_id_decided_before_is_rejected_as_a_duplicate() -> None:
+    first, _ = check(RISK, order(), SymbolRiskState(), TS)
+    again, after = RISK.check(
+        order(), SymbolRiskState(), ts_init=TS, market=MarketPrice(px(100), TS), duplicate=True
+    )
+    assert first.decision == Decision.APPROVED
+    assert again.decision == Decision.REJECTED
+    assert "already decided on" in again.reason and after == SymbolRiskState()
+
+
+def test_fills_move_open_quantity_to_the_position_and_cancels_release_the_rest() -> None:
+    state = SymbolRiskState(open_quantity=px(4999))
+    open_order = OpenOrder(Side.BUY, px(4999))
+    state, open_order = apply_report(state, open_order, "PARTIAL_FILL", px(1000))
+    assert state == SymbolRiskState(position=px(1000), open_quantity=px(3999))
+    assert open_order == OpenOrder(Side.BUY, px(3999))
+    state, still = apply_report(state, open_order, "NEW", 0)  # no change
+    assert still == open_order
+    state, done = apply_report(state, open_order, "CANCELED", 0)
+    assert state == SymbolRiskState(position=px(1000)) and done is None
+    # the case: an approved 4,999 that never fills no longer blocks the symbol
+    blocked = SymbolRiskState(open_quantity=px(4999))
+    released, _ = apply_report(blocked, OpenOrder(Side.BUY, px(4999)), "REJECTED", 0)
+    decision, _ = check(RISK, order(Side.BUY, 100), released, TS)
+    assert decision.decision == Decision.APPROVED
+
+
+def test_a_fill_larger_than_the_leaves_books_only_the_leaves() -> None:
+    state, done = apply_report(
+        SymbolRiskState(open_quantity=-px(10)), OpenOrder(Side.SELL, px(10)), "FILL", px(15)
+    )
+    assert state == SymbolRiskState(position=-px(10)) and done is None

@@ -30,10 +30,14 @@ Checks, in this order (values and limits are raw fixed-point):
     exposure without flipping its sign also passes (so a book over a lowered limit can
     still be reduced).
 
-Approved orders add their signed quantity to the state's open quantity; fills move it to
-the position (:meth:`SymbolRiskState.apply_fill`); cancels, rejects and expiries free it
-(:meth:`SymbolRiskState.release`). Open quantity is a signed net per symbol, not per order:
-feed it only fills of orders this gate approved.
+``duplicate_client_order_id``
+    A client order id this gate has already decided on is rejected (it never gets a second
+    decision that could approve it twice).
+
+Approved orders add their signed quantity to the state's open quantity, and each is kept
+as an :class:`OpenOrder` (side, leaves). The venue's execution reports release it
+(:func:`apply_report`): fills move the filled quantity to the position, cancels, rejects
+and expiries free the leaves. So open exposure is never reserved for ever.
 """
 
 from __future__ import annotations
@@ -55,7 +59,14 @@ from schemas.models import (
 )
 from streams.logic.trading_state import ScopeState
 
-__all__ = ["MarketPrice", "PreTradeRisk", "RiskLimitsRaw", "SymbolRiskState"]
+__all__ = [
+    "MarketPrice",
+    "OpenOrder",
+    "PreTradeRisk",
+    "RiskLimitsRaw",
+    "SymbolRiskState",
+    "apply_report",
+]
 
 APPROVED_REASON: Final = "approved"
 CHECK_QUANTITY: Final = "quantity"
@@ -63,6 +74,7 @@ CHECK_PRICE: Final = "price"
 CHECK_COLLAR: Final = "price_collar"
 CHECK_NOTIONAL: Final = "notional"
 CHECK_POSITION: Final = "position"
+CHECK_DUPLICATE: Final = "duplicate_client_order_id"
 CHECK_TRADING_STATE: Final = "trading_state"
 
 
@@ -166,6 +178,43 @@ class SymbolRiskState:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class OpenOrder:
+    """An order this gate approved that the venue has not finished: what is still open."""
+
+    side: Side
+    leaves: int  # raw quantity not yet filled
+
+    def to_list(self) -> list[Any]:
+        return [self.side.value, self.leaves]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> OpenOrder:
+        return cls(Side(data[0]), int(data[1]))
+
+
+_RELEASING: Final = frozenset({"CANCELED", "REJECTED", "EXPIRED"})
+_FILLING: Final = frozenset({"FILL", "PARTIAL_FILL"})
+
+
+def apply_report(
+    state: SymbolRiskState, order: OpenOrder, exec_type: str, last_quantity: int
+) -> tuple[SymbolRiskState, OpenOrder | None]:
+    """An execution report of an open order: the symbol's exposure and what stays open
+    (None once the order is done). Other report types change nothing."""
+    if exec_type in _FILLING:
+        filled = max(0, min(last_quantity, order.leaves))
+        signed = _signed(order.side, filled)
+        after = SymbolRiskState(
+            position=state.position + signed, open_quantity=state.open_quantity - signed
+        )
+        leaves = order.leaves - filled
+        return after, (OpenOrder(order.side, leaves) if leaves > 0 else None)
+    if exec_type in _RELEASING:
+        return state.release(order.side, order.leaves), None
+    return state, order
+
+
 class PreTradeRisk:
     """Stateless checker: the per-symbol state is passed in and returned updated."""
 
@@ -179,10 +228,12 @@ class PreTradeRisk:
         ts_init: int,
         trading: ScopeState | None = None,
         market: MarketPrice | None = None,
+        duplicate: bool = False,
     ) -> tuple[RiskDecision, SymbolRiskState]:
         """Decide on ``order``; the returned state includes it only when approved.
         ``trading`` is the account's trading state in force (None: ACTIVE); ``market`` the
-        gate's last trade of the symbol (None: none seen)."""
+        gate's last trade of the symbol (None: none seen); ``duplicate`` whether its client
+        order id was decided on before."""
         price_check = self._check_price(order, market)
         price = market.price if price_check.passed and market is not None else None
         checks = [
@@ -192,6 +243,13 @@ class PreTradeRisk:
             self._check_notional(order.quantity, price),
             self._check_trading_state(order, state, trading),
             self._check_position(order, state),
+            RiskCheck(
+                name=CHECK_DUPLICATE,
+                passed=not duplicate,
+                message=f"client order id {order.client_order_id} was already decided on"
+                if duplicate
+                else f"client order id {order.client_order_id} is new",
+            ),
         ]
         failed = [c.message for c in checks if not c.passed]
         approved = not failed
