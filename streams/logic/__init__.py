@@ -18,7 +18,14 @@ from streams.logic.ohlcv import BarBuilder, BarRule, ClosedBar
 from streams.logic.orders import client_order_id_for, signal_to_order, target_position
 from streams.logic.portfolio import AccountBook, MarkSchedule, SymbolBook
 from streams.logic.positions import PositionLedger
-from streams.logic.risk import PreTradeRisk, RiskLimitsRaw, SymbolRiskState
+from streams.logic.risk import (
+    MarketPrice,
+    OpenOrder,
+    PreTradeRisk,
+    RiskLimitsRaw,
+    SymbolRiskState,
+    apply_report,
+)
 from streams.logic.sma import Crossover, SmaCrossover, TradeResult
 from streams.logic.trading_state import ScopeState, TradingStates
 from streams.logic.var import RiskConfig, RiskMetricsEngine, RiskSnapshot
@@ -33,6 +40,8 @@ __all__ = [
     "ClosedBar",
     "Crossover",
     "MarkSchedule",
+    "MarketPrice",
+    "OpenOrder",
     "PositionLedger",
     "PreTradeRisk",
     "RiskConfig",
@@ -47,6 +56,7 @@ __all__ = [
     "TradeResult",
     "TradingStates",
     "VarBacktester",
+    "apply_report",
     "client_order_id_for",
     "signal_to_order",
     "target_position",
