@@ -21,7 +21,15 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -177,6 +185,21 @@ class RiskLimits(_Section):
     max_price_age_ms: int = Field(
         default=5000, ge=1, description="oldest last trade (event time) the gate prices with"
     )
+    restricted_symbols: list[str] = Field(
+        default_factory=list, description='symbols no order may trade, JSON: ["XYZ", "NSE:ABC"]'
+    )
+    fo_ban_file: Path | None = Field(
+        default=None,
+        description="NSE's F&O ban bulletin (fo_secban.csv): banned symbols take only "
+        "position-reducing orders on its trade date",
+    )
+
+    @field_validator("fo_ban_file")
+    @classmethod
+    def _ban_file_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"file {path} does not exist")
+        return path
 
 
 class FeedCredentials(_Section):

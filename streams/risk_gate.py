@@ -14,14 +14,19 @@ the account within a second.
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
 from quixstreams import State
 
 from core.config import Settings
+from core.errors import ConfigError
 from core.metrics import RISK_DECISIONS
 from schemas.models import Decision, OrderRequest
 from streams.control import TradingStateWatcher
+from streams.logic.restrictions import FoBanList, parse_fo_ban_list
 from streams.logic.risk import (
     MarketPrice,
     OpenOrder,
@@ -32,13 +37,55 @@ from streams.logic.risk import (
 )
 from streams.runtime import StreamApp, correlation_headers, now_ns
 
+log = logging.getLogger(__name__)
+
 _MARKET = "market"
+
+
+class FoBanFile:
+    """NSE's F&O ban bulletin on disk, read again when the file changes (NSE publishes a new
+    one each trading day). A file that cannot be parsed stops the gate at start, and later
+    keeps the last good list (logged): refusing orders on a bad download is the operator's
+    call, not an accident."""
+
+    def __init__(self, path: Path | None, check_every_s: float = 10.0) -> None:
+        self.path = path
+        self.check_every_s = check_every_s
+        self._mtime: float | None = None
+        self._next_check = 0.0
+        self._list: FoBanList | None = None
+        if path is not None:
+            self._load(initial=True)
+
+    def current(self) -> FoBanList | None:
+        if self.path is not None and time.monotonic() >= self._next_check:
+            self._load(initial=False)
+        return self._list
+
+    def _load(self, *, initial: bool) -> None:
+        assert self.path is not None
+        self._next_check = time.monotonic() + self.check_every_s
+        try:
+            mtime = self.path.stat().st_mtime
+            if mtime == self._mtime:
+                return
+            self._list = parse_fo_ban_list(self.path.read_text())
+            self._mtime = mtime
+            log.info(
+                "F&O ban list loaded",
+                extra={"trade_date": str(self._list.trade_date), "banned": len(self._list.symbols)},
+            )
+        except (OSError, ValueError) as exc:
+            if initial:
+                raise ConfigError(f"OMNIQUANT_RISK__FO_BAN_FILE: {exc}") from None
+            log.error("F&O ban list not reloaded; keeping the last one", extra={"error": str(exc)})
 
 
 class RiskGateProcessor:
     def __init__(self, settings: Settings, trading: TradingStateWatcher) -> None:
         self.risk = PreTradeRisk(RiskLimitsRaw.from_config(settings.risk))
         self.trading = trading
+        self.fo_ban = FoBanFile(settings.risk.fo_ban_file)
 
     def on_record(self, value: dict[str, Any], state: State[str, Any]) -> dict[str, Any] | None:
         """A trade updates the symbol's market price and an execution report its open
@@ -87,6 +134,7 @@ class RiskGateProcessor:
             trading=self.trading.of(order.account),
             market=MarketPrice.from_list(market) if market is not None else None,
             duplicate=duplicate,
+            fo_ban=self.fo_ban.current(),
         )
         state.set(seen, 1)
         state.set("risk", updated.to_dict())

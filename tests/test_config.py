@@ -125,3 +125,19 @@ def test_mask_url_hides_password_only() -> None:
     assert mask_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
     assert mask_url("http://user:pw@ch:8123") == "http://user:***@ch:8123"
     assert mask_url("redis://host:6379") == "redis://host:6379"
+
+
+def test_a_missing_or_malformed_fo_ban_file_stops_the_gate_at_start_naming_it(tmp_path) -> None:
+    from core.errors import ConfigError
+    from streams.risk_gate import FoBanFile
+
+    with pytest.raises(ConfigError, match="OMNIQUANT_RISK__FO_BAN_FILE"):
+        load_settings(risk={"fo_ban_file": tmp_path / "nope.csv"})
+    bad = tmp_path / "fo_secban.csv"
+    bad.write_text("serial,symbol\n1,SAIL\n")
+    settings = load_settings(risk={"fo_ban_file": bad})
+    with pytest.raises(ConfigError, match="OMNIQUANT_RISK__FO_BAN_FILE: F&O ban list line 1"):
+        FoBanFile(settings.risk.fo_ban_file)
+    bad.write_text("Securities in Ban For Trade Date 07-OCT-2026:\n1,SAIL\n")
+    loaded = FoBanFile(settings.risk.fo_ban_file).current()
+    assert loaded is not None and loaded.symbols == {"SAIL"}

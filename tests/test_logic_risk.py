@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
 import orjson
 import pytest
+from conftest import shared_file
 from hypothesis import given
 from hypothesis import strategies as st
 
 from core.config import RiskLimits
 from schemas.fixedpoint import mul, to_fixed
 from schemas.models import Decision, Fill, OrderRequest, OrderType, Side, TradingState
+from streams.logic.restrictions import FoBanList, parse_fo_ban_list
 from streams.logic.risk import (
     MarketPrice,
     OpenOrder,
@@ -97,6 +100,8 @@ def test_order_within_all_limits_is_approved_and_opens_its_quantity() -> None:
         "notional",
         "trading_state",
         "position",
+        "restricted_list",
+        "fo_ban",
         "duplicate_client_order_id",
     ]
     assert all(c.passed for c in decision.checks)
@@ -246,7 +251,8 @@ def test_all_failed_checks_are_reported_and_joined_in_the_reason() -> None:
     assert [c.name for c in failed] == ["quantity", "notional", "position"]
     assert decision.reason == "; ".join(c.message for c in failed)
     # every check reports its value (the trading state is a state, not a number)
-    stateless = {"trading_state", "duplicate_client_order_id"}  # states, not numbers
+    # states and lists, not numbers
+    stateless = {"trading_state", "duplicate_client_order_id", "restricted_list", "fo_ban"}
     assert all(c.value is not None for c in decision.checks if c.name not in stateless)
 
 
@@ -328,7 +334,7 @@ def test_decision_is_approved_iff_every_check_passes_and_state_follows(
             )
         )
     )
-    assert len(decision.checks) == 7
+    assert len(decision.checks) == 9
     assert (decision.decision == Decision.APPROVED) == expected_ok
     assert (decision.decision == Decision.APPROVED) == all(c.passed for c in decision.checks)
     if expected_ok:
@@ -403,3 +409,52 @@ def test_a_fill_larger_than_the_leaves_books_only_the_leaves() -> None:
         SymbolRiskState(open_quantity=-px(10)), OpenOrder(Side.SELL, px(10)), "FILL", px(15)
     )
     assert state == SymbolRiskState(position=-px(10)) and done is None
+
+
+# -- restricted list and NSE F&O ban -----------------------------------------------------
+
+IST_NOON_2026_10_07 = 1_791_354_600_000_000_000  # 2026-10-07 12:00 Asia/Kolkata
+
+
+def test_a_restricted_symbol_is_rejected_with_or_without_an_exchange_prefix() -> None:
+    limits = RiskLimitsRaw(
+        max_order_notional=px(10**6), max_position_per_symbol=px(10**4),
+        max_order_quantity=px(10**4), restricted=frozenset({"AAPL"}),
+    )  # fmt: skip
+    decision, _ = check(PreTradeRisk(limits), order(), SymbolRiskState(), TS)
+    assert decision.decision == Decision.REJECTED
+    assert "AAPL is on the restricted list" in decision.reason
+
+
+def test_nse_ban_list_file_parses_and_bans_only_on_its_trade_date(shared_data) -> None:
+    path = shared_file(shared_data, "nse-oi-tracker/data/fo_secban.csv")
+    bans = parse_fo_ban_list(path.read_text())
+    assert bans.trade_date.isoformat() == "2026-10-07"
+    assert bans.symbols == {"AMBUJACEM", "BANDHANBNK", "SAIL"}
+    assert bans.bans("NSE:SAIL", IST_NOON_2026_10_07)
+    assert not bans.bans("NSE:SAIL", IST_NOON_2026_10_07 + 86_400 * 10**9)  # the next day
+    assert not bans.bans("NSE:INFY", IST_NOON_2026_10_07)
+    nil = parse_fo_ban_list("Securities in Ban For Trade Date 08-OCT-2026: NIL\n")
+    assert nil.symbols == frozenset()
+    with pytest.raises(ValueError, match="line 2"):
+        parse_fo_ban_list("Securities in Ban For Trade Date 08-OCT-2026:\nSAIL\n")
+    with pytest.raises(ValueError, match="line 1"):
+        parse_fo_ban_list("serial,symbol\n1,SAIL\n")
+
+
+def test_a_banned_symbol_accepts_only_position_reducing_orders() -> None:
+    bans = FoBanList(date(2026, 10, 7), frozenset({"SAIL"}))
+
+    def sail(side: Side, qty: int) -> OrderRequest:
+        return order(side, qty).model_copy(
+            update={"symbol": "NSE:SAIL", "ts_event": IST_NOON_2026_10_07}
+        )
+
+    long = SymbolRiskState(position=px(500))
+    sell, _ = RISK.check(sail(Side.SELL, 200), long, ts_init=TS, fo_ban=bans,
+                         market=MarketPrice(px(100), IST_NOON_2026_10_07))  # fmt: skip
+    buy, _ = RISK.check(sail(Side.BUY, 200), long, ts_init=TS, fo_ban=bans,
+                        market=MarketPrice(px(100), IST_NOON_2026_10_07))  # fmt: skip
+    assert sell.decision == Decision.APPROVED
+    assert buy.decision == Decision.REJECTED
+    assert "F&O ban on 2026-10-07: only position-reducing orders" in buy.reason

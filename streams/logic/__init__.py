@@ -26,6 +26,7 @@ from streams.logic.risk import (
     SymbolRiskState,
     apply_report,
 )
+from streams.logic.restrictions import FoBanList, parse_fo_ban_list
 from streams.logic.sma import Crossover, SmaCrossover, TradeResult
 from streams.logic.trading_state import ScopeState, TradingStates
 from streams.logic.var import RiskConfig, RiskMetricsEngine, RiskSnapshot
@@ -39,6 +40,7 @@ __all__ = [
     "BarRule",
     "ClosedBar",
     "Crossover",
+    "FoBanList",
     "MarkSchedule",
     "MarketPrice",
     "OpenOrder",
@@ -58,6 +60,7 @@ __all__ = [
     "VarBacktester",
     "apply_report",
     "client_order_id_for",
+    "parse_fo_ban_list",
     "signal_to_order",
     "target_position",
 ]

@@ -30,6 +30,12 @@ Checks, in this order (values and limits are raw fixed-point):
     exposure without flipping its sign also passes (so a book over a lowered limit can
     still be reduced).
 
+``restricted_list``
+    The symbol (or its underlying after an exchange prefix) is not on the desk's restricted
+    list (``OMNIQUANT_RISK__RESTRICTED_SYMBOLS``).
+``fo_ban``
+    A symbol in NSE's F&O ban period (:mod:`streams.logic.restrictions`) accepts only
+    orders that strictly reduce the projected position without flipping its sign.
 ``duplicate_client_order_id``
     A client order id this gate has already decided on is rejected (it never gets a second
     decision that could approve it twice).
@@ -57,6 +63,7 @@ from schemas.models import (
     Side,
     TradingState,
 )
+from streams.logic.restrictions import FoBanList, underlying
 from streams.logic.trading_state import ScopeState
 
 __all__ = [
@@ -75,6 +82,8 @@ CHECK_COLLAR: Final = "price_collar"
 CHECK_NOTIONAL: Final = "notional"
 CHECK_POSITION: Final = "position"
 CHECK_DUPLICATE: Final = "duplicate_client_order_id"
+CHECK_RESTRICTED: Final = "restricted_list"
+CHECK_FO_BAN: Final = "fo_ban"
 CHECK_TRADING_STATE: Final = "trading_state"
 
 
@@ -100,6 +109,7 @@ class RiskLimitsRaw:
     max_order_quantity: int
     price_collar: int = to_fixed("0.05")  # fraction of the market price, raw
     max_price_age_ns: int = 5 * 1_000_000_000
+    restricted: frozenset[str] = frozenset()  # symbols no order may trade
 
     def __post_init__(self) -> None:
         for name in (
@@ -121,6 +131,7 @@ class RiskLimitsRaw:
             max_order_quantity=to_fixed(limits.max_order_quantity),
             price_collar=to_fixed(limits.price_collar),
             max_price_age_ns=limits.max_price_age_ms * 1_000_000,
+            restricted=frozenset(underlying(s) for s in limits.restricted_symbols),
         )
 
 
@@ -229,11 +240,12 @@ class PreTradeRisk:
         trading: ScopeState | None = None,
         market: MarketPrice | None = None,
         duplicate: bool = False,
+        fo_ban: FoBanList | None = None,
     ) -> tuple[RiskDecision, SymbolRiskState]:
         """Decide on ``order``; the returned state includes it only when approved.
         ``trading`` is the account's trading state in force (None: ACTIVE); ``market`` the
         gate's last trade of the symbol (None: none seen); ``duplicate`` whether its client
-        order id was decided on before."""
+        order id was decided on before; ``fo_ban`` the F&O ban list in force, if any."""
         price_check = self._check_price(order, market)
         price = market.price if price_check.passed and market is not None else None
         checks = [
@@ -243,6 +255,8 @@ class PreTradeRisk:
             self._check_notional(order.quantity, price),
             self._check_trading_state(order, state, trading),
             self._check_position(order, state),
+            self._check_restricted(order),
+            self._check_fo_ban(order, state, fo_ban),
             RiskCheck(
                 name=CHECK_DUPLICATE,
                 passed=not duplicate,
@@ -363,6 +377,39 @@ class PreTradeRisk:
             limit=limit,
             message=f"order notional {_fmt(notional)} {relation} max_order_notional {_fmt(limit)}",
         )
+
+    def _check_restricted(self, order: OrderRequest) -> RiskCheck:
+        symbol = underlying(order.symbol)
+        if symbol in self.limits.restricted:
+            return RiskCheck(
+                name=CHECK_RESTRICTED,
+                passed=False,
+                message=f"{order.symbol} is on the restricted list",
+            )
+        return RiskCheck(
+            name=CHECK_RESTRICTED, passed=True, message=f"{order.symbol} is not restricted"
+        )
+
+    @staticmethod
+    def _check_fo_ban(
+        order: OrderRequest, state: SymbolRiskState, fo_ban: FoBanList | None
+    ) -> RiskCheck:
+        if fo_ban is None or not fo_ban.bans(order.symbol, order.ts_event):
+            return RiskCheck(
+                name=CHECK_FO_BAN, passed=True, message=f"{order.symbol} is not in an F&O ban"
+            )
+        before = state.projected
+        after = before + _signed(order.side, order.quantity)
+        reducing = abs(after) < abs(before) and after * before >= 0
+        day = fo_ban.trade_date.isoformat()
+        message = (
+            f"{order.symbol} is in the F&O ban on {day}; the order reduces the position "
+            f"from {_fmt(before)} to {_fmt(after)}"
+            if reducing
+            else f"{order.symbol} is in the F&O ban on {day}: only position-reducing orders, "
+            f"this one takes {_fmt(before)} to {_fmt(after)}"
+        )
+        return RiskCheck(name=CHECK_FO_BAN, passed=reducing, message=message)
 
     @staticmethod
     def _check_trading_state(
