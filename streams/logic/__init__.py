@@ -18,6 +18,7 @@ from streams.logic.ohlcv import BarBuilder, BarRule, ClosedBar
 from streams.logic.orders import client_order_id_for, signal_to_order, target_position
 from streams.logic.portfolio import AccountBook, MarkSchedule, SymbolBook
 from streams.logic.positions import PositionLedger
+from streams.logic.restrictions import FoBanList, parse_fo_ban_list
 from streams.logic.risk import (
     MarketPrice,
     OpenOrder,
@@ -26,7 +27,6 @@ from streams.logic.risk import (
     SymbolRiskState,
     apply_report,
 )
-from streams.logic.restrictions import FoBanList, parse_fo_ban_list
 from streams.logic.sma import Crossover, SmaCrossover, TradeResult
 from streams.logic.trading_state import ScopeState, TradingStates
 from streams.logic.var import RiskConfig, RiskMetricsEngine, RiskSnapshot
