@@ -51,30 +51,32 @@ def test_gate_prices_itself_refuses_duplicates_and_releases_filled_exposure(
     names = TopicNames(settings.topic_prefix)
     producer = RecordProducer(settings, "test")
 
-    def trade(price: str, ts: int) -> None:
+    def trade(price: str, ts: int, symbol: str = "SPY") -> None:
         record = Trade(
-            symbol="SPY", venue="T", price=to_fixed(price), size=to_fixed(100), source="test",
+            symbol=symbol, venue="T", price=to_fixed(price), size=to_fixed(100), source="test",
             ts_event=ts, ts_init=ts,
         )  # fmt: skip
-        producer.send(names.trades, record, key="SPY")
+        producer.send(names.trades, record, key=symbol)
 
-    def order(coid: str, side: Side, qty: int, reference: str, ts: int) -> None:
+    def order(
+        coid: str, side: Side, qty: int, reference: str, ts: int, symbol: str = "SPY"
+    ) -> None:
         record = OrderRequest(
-            client_order_id=coid, strategy_id="test", account="paper", symbol="SPY",
+            client_order_id=coid, strategy_id="test", account="paper", symbol=symbol,
             side=side, quantity=to_fixed(qty), reference_price=to_fixed(reference),
             ts_event=ts, ts_init=ts,
         )  # fmt: skip
-        producer.send(names.order_requests, record, key="SPY")
+        producer.send(names.order_requests, record, key=symbol)
 
-    def consumed(topic: str) -> None:
-        """Wait until both stages have committed past everything on ``topic`` (so an order
-        produced next meets the trade in their state, whatever Quix's interleaving)."""
+    def consumed(topic: str, stages: tuple[str, ...] = ("risk-gate", "execution")) -> None:
+        """Wait until ``stages`` have committed past everything on ``topic`` (so an order
+        produced next meets it in their state, whatever Quix's interleaving)."""
         probe = LagProbe(settings)
         deadline = time.monotonic() + 90
         try:
             while time.monotonic() < deadline:
-                groups = (f"{settings.topic_prefix}{s}" for s in ("risk-gate", "execution"))
-                if all(probe.lag(g, [topic]) == 0 for g in groups):
+                groups = [f"{settings.topic_prefix}{s}" for s in stages]
+                if sum(_end(settings, topic)) and all(probe.lag(g, [topic]) == 0 for g in groups):
                     return
                 time.sleep(0.2)
         finally:
@@ -107,6 +109,20 @@ def test_gate_prices_itself_refuses_duplicates_and_releases_filled_exposure(
         # (the 2M notional limit set above lets c's 829k through: position decides)
         producer.flush()
         later = _decisions(settings, names.risk_decisions, {"a", "b", "c"})
+
+        # Release: QQQ's only trade is later than the order, so the gate prices it (the
+        # trade is the last it saw) but the venue finds no trade at or before it and
+        # rejects it. The rejection must free the 5,000 reserved, or "q2" cannot fit.
+        trade("380", T0 + 100 * SEC, symbol="QQQ")
+        producer.flush()
+        consumed(names.trades, ("risk-gate",))
+        order("q1", Side.BUY, 5000, "380", T0 + 99 * SEC, symbol="QQQ")
+        producer.flush()
+        q1 = _decisions(settings, names.risk_decisions, {"q1"})["q1"][0]
+        consumed(names.execution_reports, ("risk-gate",))  # the venue's REJECTED is in
+        order("q2", Side.BUY, 5000, "380", T0 + 101 * SEC, symbol="QQQ")
+        producer.flush()
+        q2 = _decisions(settings, names.risk_decisions, {"q2"})["q2"][0]
     finally:
         for app in apps:
             app.terminate()
@@ -124,6 +140,8 @@ def test_gate_prices_itself_refuses_duplicates_and_releases_filled_exposure(
     # the filled 40 moved from open to position: b does not fit, c exactly fits
     assert later["b"][0].decision == Decision.REJECTED and "position" in later["b"][0].reason
     assert later["c"][0].decision == Decision.APPROVED
+    assert q1.decision == Decision.APPROVED, q1.reason
+    assert q2.decision == Decision.APPROVED, q2.reason  # q1's 5,000 was released
 
 
 def _end(settings, topic: str) -> list[int]:
