@@ -298,12 +298,7 @@ def _accounts_table(sup: Any) -> Table | None:
         cells = []
         for item in columns:
             value = row.get(item.label)
-            if value is None:
-                cells.append("-")
-            elif item.money:
-                cells.append(f"{value:,.2f}")
-            else:
-                cells.append(f"{value:.2%}" if item.percent else f"{value:,.4f}")
+            cells.append("-" if value is None else item.format_value(value))
         table.add_row(account, *cells)
     return table
 

@@ -78,9 +78,13 @@ class LiveFigure:
                 out[key] = out.get(key, 0.0) + value
         return out
 
-    def format(self, samples: MetricSamples) -> str:
-        value = self.read(samples)
-        return f"{self.label} {value:,.2f}" if self.money else f"{self.label} {value:,.0f}"
+    def format_value(self, value: float) -> str:
+        """How the live view shows one value of this figure."""
+        if self.money:
+            return f"{value:,.2f}"
+        if self.percent:
+            return f"{value:.2%}"
+        return f"{value:,.0f}"
 
 
 @dataclass(frozen=True, slots=True)

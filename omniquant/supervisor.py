@@ -92,10 +92,7 @@ class Stage:
 
     def detail(self) -> str:
         return "  ".join(
-            f"{f.label} {self.figure(f.label):,.2f}"
-            if f.money
-            else f"{f.label} {self.figure(f.label):,.0f}"
-            for f in self.spec.figures
+            f"{f.label} {f.format_value(self.figure(f.label))}" for f in self.spec.figures
         )
 
 
