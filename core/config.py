@@ -202,6 +202,46 @@ class RiskLimits(_Section):
         return path
 
 
+class ExecutionSettings(_Section):
+    """The execution consumer: which venue works approved orders, and how."""
+
+    broker: Literal["paper", "alpaca", "kite"] = Field(
+        default="paper", description="venue for approved orders (a backtest namespace: paper only)"
+    )
+    exactly_once: bool = Field(
+        default=True, description="Kafka transactions: reports and offsets commit together"
+    )
+    commit_interval_ms: int = Field(
+        default=100, ge=1, le=60_000, description="longest a transaction stays open"
+    )
+    paper_latency_ms: int = Field(
+        default=0,
+        ge=0,
+        description="paper venue: event time from submission until the order can fill",
+    )
+    paper_fill_on_trades: bool = Field(
+        default=True,
+        description="paper venue: with no quote for the symbol, fill at trade prices "
+        "(a print shows no depth, so the size is not limited)",
+    )
+    submit_retries: int = Field(default=5, ge=0, le=100, description="retries of a failed call")
+    retry_backoff_ms: int = Field(default=200, ge=1, description="first retry delay, doubled")
+    alpaca_trading_url: str | None = Field(
+        default=None, description="Alpaca Trading API base URL (unset: paper-api.alpaca.markets)"
+    )
+    alpaca_stream_url: str | None = Field(
+        default=None, description="Alpaca trade_updates websocket URL (unset: from the API URL)"
+    )
+    kite_root_url: str | None = Field(
+        default=None, description="Kite Connect API root (unset: https://api.kite.trade)"
+    )
+    kite_postback_host: str = Field(default="127.0.0.1", description="postback listener address")
+    kite_postback_port: int = Field(default=0, ge=0, le=65535, description="0: no listener")
+    kite_poll_interval_ms: int = Field(
+        default=1000, ge=50, description="Kite order-book poll (postbacks may be missed)"
+    )
+
+
 class FeedCredentials(_Section):
     polygon_api_key: SecretStr | None = None
     alpaca_api_key_id: SecretStr | None = None
@@ -343,6 +383,7 @@ class Settings(BaseSettings):
     bars: BarSettings = BarSettings()
     portfolio: PortfolioSettings = PortfolioSettings()
     risk_metrics: RiskMetricsSettings = RiskMetricsSettings()
+    execution: ExecutionSettings = ExecutionSettings()
     topic_prefix: str = Field(
         default="omniquant.",
         description="prepended to every topic name (a backtest runs in its own namespace)",

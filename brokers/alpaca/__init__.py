@@ -1,0 +1,1 @@
+"""Alpaca venue: alpaca-py TradingClient for orders, TradingStream trade_updates for fills."""

@@ -1,0 +1,1 @@
+"""Kite venue: kiteconnect place / modify / cancel, postbacks and order-book polls."""

@@ -1,0 +1,1 @@
+"""Paper venue: fills simulated against our own market data (see :mod:`.broker`)."""
