@@ -138,6 +138,23 @@ class Broker(ABC):
     def open_orders(self) -> list[BrokerOrder]:
         """Every order still working at the venue (for reconciliation at start)."""
 
+    def modify(
+        self,
+        client_order_id: str,
+        venue_order_id: str | None,
+        *,
+        quantity: int | None = None,
+        limit_price: int | None = None,
+    ) -> BrokerOrder:
+        """Change a working order's quantity or limit price (the REPLACED event follows).
+        Venues that cannot modify refuse."""
+        raise BrokerRejected(f"{self.venue} does not modify orders")
+
+    def restore(self, orders: list[BrokerOrder]) -> None:  # noqa: B027 - optional hook
+        """A simulated venue keeps nothing across restarts: at start the consumer hands it
+        back the orders its own book says are still working there. Real venues ignore it
+        (they are asked with :meth:`get_order` / :meth:`open_orders` instead)."""
+
     def on_market_data(self, record: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """A trade or quote from our market topics (decoded dict). Only simulated venues
         use it; real venues ignore it."""
