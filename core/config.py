@@ -167,6 +167,49 @@ class ClickHouseSettings(_Section):
     batch_size: int = Field(default=5000, ge=1, description="rows per insert")
 
 
+class LimitOverride(_Section):
+    """Limits for the orders matching ``account``, ``strategy`` and ``symbol`` (``*``: any).
+    Unset limits keep the value of a less specific match, or the default."""
+
+    account: str = Field(default="*", min_length=1)
+    strategy: str = Field(default="*", min_length=1)
+    symbol: str = Field(default="*", min_length=1)
+    max_order_notional: Decimal | None = Field(default=None, gt=0)
+    max_position_per_symbol: Decimal | None = Field(default=None, gt=0)
+    max_order_quantity: Decimal | None = Field(default=None, gt=0)
+    max_position_value: Decimal | None = Field(default=None, gt=0)
+    max_gross_leverage: Decimal | None = Field(default=None, gt=0)
+    max_concentration: Decimal | None = Field(default=None, gt=0, le=1)
+    margin_rate: Decimal | None = Field(default=None, gt=0, le=1)
+    max_orders_per_second: int | None = Field(default=None, ge=1)
+    daily_loss_limit: Decimal | None = Field(default=None, gt=0)
+    max_drawdown: Decimal | None = Field(default=None, gt=0, le=1)
+
+    @property
+    def specificity(self) -> int:
+        """symbol 4, strategy 2, account 1: a symbol rule beats an account rule."""
+        return (
+            (4 if self.symbol != "*" else 0)
+            + (2 if self.strategy != "*" else 0)
+            + (1 if self.account != "*" else 0)
+        )
+
+    def matches(self, account: str, strategy: str, symbol: str) -> bool:
+        return (
+            self.account in ("*", account)
+            and self.strategy in ("*", strategy)
+            and self.symbol in ("*", symbol)
+        )
+
+    def limits(self) -> dict[str, Any]:
+        """The limits this rule sets."""
+        return {
+            name: value
+            for name, value in self.model_dump().items()
+            if name not in ("account", "strategy", "symbol") and value is not None
+        }
+
+
 class RiskLimits(_Section):
     """Pre-trade limits. Money is Decimal, never float."""
 
@@ -193,6 +236,68 @@ class RiskLimits(_Section):
         description="NSE's F&O ban bulletin (fo_secban.csv): banned symbols take only "
         "position-reducing orders on its trade date",
     )
+
+    max_position_value: Decimal = Field(
+        default=Decimal("500000"),
+        gt=0,
+        description="largest |position × market price| per account and symbol, open orders "
+        "included",
+    )
+    max_gross_leverage: Decimal = Field(
+        default=Decimal("2.0"), gt=0, description="gross exposure / equity after the order"
+    )
+    max_concentration: Decimal = Field(
+        default=Decimal("0.25"),
+        gt=0,
+        le=1,
+        description="one symbol's exposure as a fraction of the account's equity",
+    )
+    margin_rate: Decimal = Field(
+        default=Decimal("0.5"),
+        gt=0,
+        le=1,
+        description="initial margin per unit of exposure (Reg T 0.5); buying power is "
+        "equity minus the margin of what is held and working",
+    )
+    max_orders_per_second: int = Field(
+        default=10, ge=1, description="approved orders per account per second of event time"
+    )
+    daily_loss_limit: Decimal = Field(
+        default=Decimal("10000"),
+        gt=0,
+        description="the day's loss that halts the account (risk-metrics issues HALTED)",
+    )
+    max_drawdown: Decimal = Field(
+        default=Decimal("0.15"),
+        gt=0,
+        le=1,
+        description="drawdown from peak equity beyond which only exposure-reducing orders pass",
+    )
+    exactly_once: bool = Field(
+        default=True,
+        description="the risk gate commits decisions, approved orders and offsets in one "
+        "Kafka transaction",
+    )
+    overrides: list[LimitOverride] = Field(
+        default_factory=list,
+        description="limits per account, strategy and symbol, JSON: "
+        '[{"account": "desk-1", "symbol": "TSLA", "max_position_value": "100000"}]; '
+        "the most specific match wins per limit (symbol > strategy > account)",
+    )
+
+    def resolved(self, account: str, strategy: str, symbol: str) -> RiskLimits:
+        """The limits in force for one order: defaults, then every matching override from
+        the least to the most specific."""
+        matching = sorted(
+            (o for o in self.overrides if o.matches(account, strategy, symbol)),
+            key=lambda o: o.specificity,
+        )
+        if not matching:
+            return self
+        values: dict[str, Any] = {}
+        for rule in matching:
+            values.update(rule.limits())
+        return self.model_copy(update=values)
 
     @field_validator("fo_ban_file")
     @classmethod
@@ -341,11 +446,11 @@ class RiskMetricsSettings(_Section):
     window: int = Field(default=250, ge=2, description="returns in the historical window")
     min_returns: int = Field(default=30, ge=2, description="returns before statistics start")
     ewma_lambda: Decimal = Field(default=Decimal("0.94"), gt=0, lt=1, description="RiskMetrics")
-    daily_loss_limit: Decimal = Field(default=Decimal("10000"), gt=0)
+    # The limits themselves (daily_loss_limit, max_drawdown) are risk limits, per account:
+    # OMNIQUANT_RISK__DAILY_LOSS_LIMIT, OMNIQUANT_RISK__MAX_DRAWDOWN and RISK__OVERRIDES.
     daily_loss_warning: Decimal = Field(
         default=Decimal("0.8"), gt=0, le=1, description="warning at this share of the limit"
     )
-    drawdown_alert: Decimal = Field(default=Decimal("0.15"), gt=0, le=1)
     timezone: str = Field(default="America/New_York", description="exchange time zone")
     day_cut: str = Field(default="00:00", pattern=r"^[0-2][0-9]:[0-5][0-9]$")
     backtest_window: int = Field(default=250, ge=1, description="VaR backtest periods")

@@ -185,7 +185,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         name="risk-gate",
         entry_point="streams.risk_gate:run",
-        summary="Quix app: order requests (valued at its own market prices) → risk decisions.",
+        summary="Quix app, exactly-once: order requests → risk decisions with every check "
+        "(own market prices; account exposure, leverage, margin, order rate, loss, drawdown).",
         inputs=("orders.requests", "market.trades", "execution.reports"),
         outputs=("risk.decisions", "orders.approved"),
         dead_letter="risk-gate",
@@ -216,9 +217,10 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         name="risk-metrics",
         entry_point="streams.risk_metrics:run",
-        summary="Quix app: portfolio → VaR, ES, volatility, drawdown, daily PnL, VaR backtest.",
+        summary="Quix app: portfolio → VaR, ES, drawdown, daily PnL, VaR backtest; HALTED / "
+        "REDUCING on the control topic when an account hits its loss or drawdown limit.",
         inputs=("portfolio",),
-        outputs=("risk.metrics", "alerts"),
+        outputs=("risk.metrics", "alerts", "control"),
         dead_letter="risk-metrics",
         figures=(LiveFigure("accounts", metrics.DAILY_PNL, count=True),),
         account_figures=(

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from quixstreams import State
+import redis
+from quixstreams import State, message_context
 
 from core.config import Settings
 from core.errors import ConfigError
 from core.metrics import RISK_DECISIONS
 from schemas.models import Decision, OrderRequest
+from streams.account_view import AccountView, ExposureBook
 from streams.control import TradingStateWatcher
 from streams.logic.restrictions import FoBanList, parse_fo_ban_list
 from streams.logic.risk import (
@@ -40,6 +43,10 @@ from streams.runtime import StreamApp, correlation_headers, now_ns
 log = logging.getLogger(__name__)
 
 _MARKET = "market"
+_HOLDERS = "holders"
+_MARKED = "marked"
+APPROVED_AT_HEADER = "approved_at_ns"
+_correlation = correlation_headers("client_order_id")
 
 
 class FoBanFile:
@@ -82,10 +89,33 @@ class FoBanFile:
 
 
 class RiskGateProcessor:
-    def __init__(self, settings: Settings, trading: TradingStateWatcher) -> None:
-        self.risk = PreTradeRisk(RiskLimitsRaw.from_config(settings.risk))
+    """Quix state per symbol: ``market`` (last trade), ``risk:<account>`` (the account's
+    exposure in the symbol), ``open:<coid>`` (approved, unfinished orders), ``seen:<coid>``
+    (decided ids) and ``holders`` (accounts with exposure, re-valued on trades)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        trading: TradingStateWatcher,
+        accounts: AccountView,
+        book: ExposureBook,
+    ) -> None:
+        self.limits = settings.risk
         self.trading = trading
+        self.accounts = accounts
+        self.book = book
         self.fo_ban = FoBanFile(settings.risk.fo_ban_file)
+        self.mark_interval_ns = settings.portfolio.mark_interval_ms * 1_000_000
+        self._checkers: dict[tuple[str, str, str], PreTradeRisk] = {}
+
+    def checker(self, account: str, strategy: str, symbol: str) -> PreTradeRisk:
+        """The checker with the limits in force for this account, strategy and symbol."""
+        key = (account, strategy, symbol)
+        found = self._checkers.get(key)
+        if found is None:
+            limits = self.limits.resolved(account, strategy, symbol)
+            found = self._checkers[key] = PreTradeRisk(RiskLimitsRaw.from_config(limits))
+        return found
 
     def on_record(self, value: dict[str, Any], state: State[str, Any]) -> dict[str, Any] | None:
         """A trade updates the symbol's market price and an execution report its open
@@ -94,27 +124,79 @@ class RiskGateProcessor:
             self._on_report(value, state)
             return None
         if "client_order_id" not in value:
-            market = state.get(_MARKET)
-            ts = int(value["ts_event"])
-            if market is None or ts >= market[1]:
-                state.set(_MARKET, [int(value["price"]), ts])
+            self._on_trade(value, state)
             return None
         return self.on_order(value, state)
+
+    def _on_trade(self, trade: dict[str, Any], state: State[str, Any]) -> None:
+        market = state.get(_MARKET)
+        ts = int(trade["ts_event"])
+        if market is not None and ts < market[1]:
+            return
+        price = int(trade["price"])
+        state.set(_MARKET, [price, ts])
+        # Re-value this symbol in its holders' accounts now and then, so another
+        # symbol's leverage check sees a recent price for it.
+        holders = state.get(_HOLDERS)
+        if holders and ts - int(state.get(_MARKED, 0)) >= self.mark_interval_ns:
+            state.set(_MARKED, ts)
+            symbol = str(trade["symbol"])
+            entries = []
+            for account in holders:
+                exposure = self._exposure(state, account)
+                rate = self.checker(account, "*", symbol).limits.account.margin_rate
+                entries.append((account, symbol, exposure.projected, price, rate))
+            try:
+                self.book.mark(entries)
+            except redis.RedisError as exc:
+                log.warning("exposure marks not written", extra={"error": repr(exc)})
+
+    @staticmethod
+    def _exposure(state: State[str, Any], account: str) -> SymbolRiskState:
+        stored = state.get(f"risk:{account}")
+        return SymbolRiskState.from_dict(stored) if stored is not None else SymbolRiskState()
+
+    def _store_exposure(
+        self,
+        state: State[str, Any],
+        account: str,
+        symbol: str,
+        exposure: SymbolRiskState,
+        margin_rate: int,
+    ) -> None:
+        state.set(f"risk:{account}", exposure.to_dict())
+        holders = list(state.get(_HOLDERS) or [])
+        if exposure.projected != 0 and account not in holders:
+            state.set(_HOLDERS, [*holders, account])
+        elif exposure.projected == 0 and account in holders:
+            state.set(_HOLDERS, [a for a in holders if a != account])
+        market = state.get(_MARKET)
+        self.book.record(
+            account,
+            symbol,
+            exposure.projected,
+            int(market[0]) if market is not None else None,
+            margin_rate,
+        )
 
     def _on_report(self, report: dict[str, Any], state: State[str, Any]) -> None:
         key = f"open:{report['client_order_id']}"
         stored = state.get(key)
         if stored is None:  # not an order this gate approved, or already done
             return
-        current = state.get("risk")
-        exposure = SymbolRiskState.from_dict(current) if current is not None else SymbolRiskState()
+        account, symbol = str(report["account"]), str(report["symbol"])
         exposure, still_open = apply_report(
-            exposure,
+            self._exposure(state, account),
             OpenOrder.from_list(stored),
             str(report["exec_type"]),
             int(report.get("last_quantity") or 0),
         )
-        state.set("risk", exposure.to_dict())
+        rate = self.checker(account, "*", symbol).limits.account.margin_rate
+        try:
+            self._store_exposure(state, account, symbol, exposure, rate)
+        except redis.RedisError as exc:
+            # Quix state holds the truth; the shared copy catches up at the next write.
+            log.warning("exposure not shared", extra={"error": repr(exc)})
         if still_open is None:
             state.delete(key)
         else:
@@ -122,12 +204,27 @@ class RiskGateProcessor:
 
     def on_order(self, request: dict[str, Any], state: State[str, Any]) -> dict[str, Any]:
         order = OrderRequest.model_validate(request)
+        checker = self.checker(order.account, order.strategy_id, order.symbol)
         market = state.get(_MARKET)
         seen = f"seen:{order.client_order_id}"
         duplicate = state.get(seen) is not None
-        stored = state.get("risk")
-        current = SymbolRiskState.from_dict(stored) if stored is not None else SymbolRiskState()
-        decision, updated = self.risk.check(
+        figures = self.accounts.of(order.account)
+        context = self.book.context(
+            account=order.account,
+            symbol=order.symbol,
+            client_order_id=order.client_order_id,
+            ts_event=order.ts_event,
+            figures=figures,
+            starting_cash=self.accounts.starting_cash(order.account),
+        )
+        if not duplicate and context.error is None:
+            # Across symbols (another partition) only the shared claim can tell.
+            try:
+                duplicate = not self.book.claim(order.client_order_id, _position())
+            except redis.RedisError as exc:
+                context = replace(context, error=repr(exc))
+        current = self._exposure(state, order.account)
+        decision, updated = checker.check(
             order,
             current,
             ts_init=now_ns(),
@@ -135,22 +232,50 @@ class RiskGateProcessor:
             market=MarketPrice.from_list(market) if market is not None else None,
             duplicate=duplicate,
             fo_ban=self.fo_ban.current(),
+            account=context,
         )
         state.set(seen, 1)
-        state.set("risk", updated.to_dict())
         RISK_DECISIONS.labels(decision.decision.value).inc()
         approved = decision.decision == Decision.APPROVED
         if approved:
             state.set(
                 f"open:{order.client_order_id}", OpenOrder(order.side, order.quantity).to_list()
             )
+            rate = checker.limits.account.margin_rate
+            try:
+                self._store_exposure(state, order.account, order.symbol, updated, rate)
+                self.book.approved(order.account, order.client_order_id, order.ts_event)
+            except redis.RedisError as exc:
+                log.warning("exposure not shared", extra={"error": repr(exc)})
         return {"decision": decision.model_dump(), "order": request if approved else None}
+
+
+def _position() -> str:
+    """The request's topic position: a replay of the same request carries the same."""
+    context = message_context()
+    return f"{context.topic}:{context.partition}:{context.offset}"
+
+
+def _approved_headers(value: Any, key: Any, ts: int, headers: Any) -> list[tuple[str, bytes]]:
+    """Correlation id, plus when the gate approved (execution measures its latency)."""
+    kept = [(k, v) for k, v in _correlation(value, key, ts, headers) if k != APPROVED_AT_HEADER]
+    kept.append((APPROVED_AT_HEADER, str(now_ns()).encode()))
+    return kept
 
 
 def build(settings: Settings, name: str) -> StreamApp:
     """The app under the stage name the registry gives it (its group and dead letters)."""
-    stream = StreamApp(settings, name)
-    processor = RiskGateProcessor(settings, TradingStateWatcher(settings).start())
+    stream = StreamApp(
+        settings,
+        name,
+        processing_guarantee="exactly-once" if settings.risk.exactly_once else "at-least-once",
+    )
+    processor = RiskGateProcessor(
+        settings,
+        TradingStateWatcher(settings).start(),
+        AccountView(settings).start(),
+        ExposureBook(settings),
+    )
     records = (
         stream.dataframe("orders.requests")
         .concat(stream.dataframe("market.trades"))
@@ -163,7 +288,7 @@ def build(settings: Settings, name: str) -> StreamApp:
     decisions.to_topic(stream.topic("risk.decisions"))
 
     approved = outputs.filter(lambda out: out["order"] is not None).apply(lambda out: out["order"])
-    approved = approved.set_headers(correlation_headers("client_order_id"))
+    approved = approved.set_headers(_approved_headers)
     approved.to_topic(stream.topic("orders.approved"))
     return stream
 

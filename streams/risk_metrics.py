@@ -25,7 +25,7 @@ from typing import Any
 
 from quixstreams import State
 
-from core.config import RiskMetricsSettings, Settings
+from core.config import RiskLimits, RiskMetricsSettings, Settings
 from core.metrics import (
     DAILY_PNL,
     DRAWDOWN,
@@ -35,9 +35,10 @@ from core.metrics import (
     VALUE_AT_RISK,
 )
 from schemas.fixedpoint import FACTOR, from_fixed, to_fixed
-from schemas.models import Alert, RiskMetric
+from schemas.models import Alert, Control, ControlType, RiskMetric, TradingState
+from streams.control import control_key
 from streams.logic.account_risk import AccountRisk, RiskObservation
-from streams.logic.var import RiskAlert, RiskConfig
+from streams.logic.var import AlertKind, RiskAlert, RiskConfig
 from streams.logic.var_backtest import BacktestReport, TrafficLight
 from streams.runtime import StreamApp, correlation_headers, now_ns
 
@@ -45,14 +46,15 @@ _STATE = "risk"
 _ZONE_CODE = {TrafficLight.GREEN: 0, TrafficLight.YELLOW: 1, TrafficLight.RED: 2}
 
 
-def risk_config(settings: RiskMetricsSettings) -> RiskConfig:
+def risk_config(settings: RiskMetricsSettings, limits: RiskLimits) -> RiskConfig:
+    """The engine's settings for an account whose resolved limits are ``limits``."""
     return RiskConfig(
         window=settings.window,
         min_returns=settings.min_returns,
         ewma_lambda=float(settings.ewma_lambda),
-        daily_loss_limit=to_fixed(settings.daily_loss_limit),
+        daily_loss_limit=to_fixed(limits.daily_loss_limit),
         daily_loss_warning=float(settings.daily_loss_warning),
-        drawdown_alert=float(settings.drawdown_alert),
+        drawdown_alert=float(limits.max_drawdown),
         timezone=settings.timezone,
         day_cut=settings.day_cut,
     )
@@ -72,18 +74,28 @@ class RiskMetricsProcessor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings.risk_metrics
-        self.config = risk_config(settings.risk_metrics)
+        self.limits = settings.risk
+        self._configs: dict[str, RiskConfig] = {}
         self.cadence_ns = settings.risk_metrics.cadence_ms * 1_000_000
+
+    def config(self, account: str) -> RiskConfig:
+        """Per account: the loss and drawdown limits may be overridden per account."""
+        found = self._configs.get(account)
+        if found is None:
+            limits = self.limits.resolved(account, "*", "*")
+            found = self._configs[account] = risk_config(self.settings, limits)
+        return found
 
     def on_portfolio(self, value: dict[str, Any], state: State[str, Any]) -> dict[str, Any]:
         account = str(value["account"])
+        config = self.config(account)
         stored = state.get(_STATE)
         risk = (
-            AccountRisk.restore(stored, self.config)
+            AccountRisk.restore(stored, config)
             if stored is not None
             else AccountRisk(
                 account,
-                self.config,
+                config,
                 self.cadence_ns,
                 backtest_window=self.settings.backtest_window,
             )
@@ -91,12 +103,18 @@ class RiskMetricsProcessor:
         observation = risk.on_portfolio(int(value["ts_event"]), int(value["equity"]))
         state.set(_STATE, risk.snapshot())
         if observation is None:
-            return {"metrics": [], "alerts": []}
+            return {"metrics": [], "alerts": [], "controls": []}
         ts_init = now_ns()
         self._export(observation)
+        alerts = observation.metrics.alerts
         return {
             "metrics": [m.model_dump() for m in metric_records(observation, ts_init)],
-            "alerts": [alert_record(a, ts_init).model_dump() for a in observation.metrics.alerts],
+            "alerts": [alert_record(a, ts_init).model_dump() for a in alerts],
+            "controls": [
+                c.model_dump()
+                for c in (control_record(a, ts_init) for a in alerts)
+                if c is not None
+            ],
         }
 
     @staticmethod
@@ -188,6 +206,34 @@ def alert_record(alert: RiskAlert, ts_init: int) -> Alert:
     )
 
 
+#: Alerts that change the account's trading state: the day's loss limit halts it, the
+#: drawdown limit lets it only reduce exposure.
+_STATE_ON_ALERT = {
+    AlertKind.DAILY_LOSS_BREACH: TradingState.HALTED,
+    AlertKind.DRAWDOWN: TradingState.REDUCING,
+}
+
+
+def control_record(alert: RiskAlert, ts_init: int) -> Control | None:
+    """The trading-state command an alert issues, if any. Its id derives from the alert's
+    deterministic key, so a replay issues the same command; alerts fire once per crossing
+    (and per day for the loss limit), so `omniquant resume` is not overridden until the
+    next one."""
+    state = _STATE_ON_ALERT.get(alert.kind)
+    if state is None:
+        return None
+    return Control(
+        command_id=f"auto-{alert.key}",
+        control_type=ControlType.TRADING_STATE,
+        trading_state=state,
+        scope=alert.account,
+        issued_by="risk-metrics",
+        reason=alert.message,
+        ts_event=alert.ts_event,
+        ts_init=ts_init,
+    )
+
+
 def build(settings: Settings, name: str) -> StreamApp:
     """The app under the stage name the registry gives it (its group and dead letters)."""
     stream = StreamApp(settings, name)
@@ -200,6 +246,10 @@ def build(settings: Settings, name: str) -> StreamApp:
     alerts = outputs.apply(lambda out: out["alerts"], expand=True)
     alerts = alerts.set_headers(correlation_headers("alert_id"))
     alerts.to_topic(stream.topic("alerts"), key=lambda a: a["source"])
+
+    controls = outputs.apply(lambda out: out["controls"], expand=True)
+    controls = controls.set_headers(correlation_headers("command_id"))
+    controls.to_topic(stream.topic("control"), key=lambda c: control_key(c["scope"]))
     return stream
 
 

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from confluent_kafka import Producer
 from quixstreams import Application, message_context
@@ -280,7 +280,14 @@ class _VisibleTopicManager(TopicManager):
 class StreamApp:
     """An Application plus what our apps need around it (topics, serde, dead letters)."""
 
-    def __init__(self, settings: Settings, name: str, *, commit_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        *,
+        commit_interval: float = 1.0,
+        processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once",
+    ) -> None:
         self.settings = settings
         self.name = name
         self.names = TopicNames(settings.topic_prefix)
@@ -304,6 +311,7 @@ class StreamApp:
             consumer_group=f"{settings.topic_prefix}{name}",
             auto_offset_reset="earliest",
             commit_interval=commit_interval,
+            processing_guarantee=processing_guarantee,
             # Only Quix's own changelog topics are created here: the catalog topics are
             # checked to exist first (require_topics) so they keep their explicit configs.
             auto_create_topics=True,

@@ -47,6 +47,10 @@ def test_gate_prices_itself_refuses_duplicates_and_releases_filled_exposure(
     env.update(
         OMNIQUANT_RISK__MAX_POSITION_PER_SYMBOL="5000",
         OMNIQUANT_RISK__MAX_ORDER_NOTIONAL="2000000",
+        # This test is about the symbol limits: the account limits stay out of the way.
+        OMNIQUANT_RISK__MAX_POSITION_VALUE="2000000",
+        OMNIQUANT_RISK__MAX_CONCENTRATION="1",
+        OMNIQUANT_PORTFOLIO__STARTING_CASH="5000000",
     )
     names = TopicNames(settings.topic_prefix)
     producer = RecordProducer(settings, "test")

@@ -63,6 +63,7 @@ from schemas.models import (
     Side,
     TradingState,
 )
+from streams.logic.account_checks import AccountContext, AccountLimitsRaw, account_checks
 from streams.logic.restrictions import FoBanList, underlying
 from streams.logic.trading_state import ScopeState
 
@@ -100,6 +101,18 @@ def _fmt(raw: int) -> str:
     return f"{from_fixed(raw):f}"
 
 
+#: The issue's seed limits, for a RiskLimitsRaw built without config (tests, tools).
+SEED_ACCOUNT_LIMITS: Final = AccountLimitsRaw(
+    max_position_value=to_fixed(500_000),
+    max_gross_leverage=to_fixed("2.0"),
+    max_concentration=to_fixed("0.25"),
+    margin_rate=to_fixed("0.5"),
+    max_orders_per_second=10,
+    daily_loss_limit=to_fixed(10_000),
+    max_drawdown=to_fixed("0.15"),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class RiskLimitsRaw:
     """:class:`core.config.RiskLimits` in raw fixed-point ints (all positive)."""
@@ -110,6 +123,7 @@ class RiskLimitsRaw:
     price_collar: int = to_fixed("0.05")  # fraction of the market price, raw
     max_price_age_ns: int = 5 * 1_000_000_000
     restricted: frozenset[str] = frozenset()  # symbols no order may trade
+    account: AccountLimitsRaw = SEED_ACCOUNT_LIMITS
 
     def __post_init__(self) -> None:
         for name in (
@@ -132,6 +146,15 @@ class RiskLimitsRaw:
             price_collar=to_fixed(limits.price_collar),
             max_price_age_ns=limits.max_price_age_ms * 1_000_000,
             restricted=frozenset(underlying(s) for s in limits.restricted_symbols),
+            account=AccountLimitsRaw(
+                max_position_value=to_fixed(limits.max_position_value),
+                max_gross_leverage=to_fixed(limits.max_gross_leverage),
+                max_concentration=to_fixed(limits.max_concentration),
+                margin_rate=to_fixed(limits.margin_rate),
+                max_orders_per_second=limits.max_orders_per_second,
+                daily_loss_limit=to_fixed(limits.daily_loss_limit),
+                max_drawdown=to_fixed(limits.max_drawdown),
+            ),
         )
 
 
@@ -241,11 +264,14 @@ class PreTradeRisk:
         market: MarketPrice | None = None,
         duplicate: bool = False,
         fo_ban: FoBanList | None = None,
+        account: AccountContext | None = None,
     ) -> tuple[RiskDecision, SymbolRiskState]:
         """Decide on ``order``; the returned state includes it only when approved.
         ``trading`` is the account's trading state in force (None: ACTIVE); ``market`` the
         gate's last trade of the symbol (None: none seen); ``duplicate`` whether its client
-        order id was decided on before; ``fo_ban`` the F&O ban list in force, if any."""
+        order id was decided on before; ``fo_ban`` the F&O ban list in force, if any;
+        ``account`` the rest of the account (:mod:`streams.logic.account_checks`) — the
+        gate always passes it; without it the account-level checks are not run."""
         price_check = self._check_price(order, market)
         price = market.price if price_check.passed and market is not None else None
         checks = [
@@ -265,6 +291,17 @@ class PreTradeRisk:
                 else f"client order id {order.client_order_id} is new",
             ),
         ]
+        if account is not None:
+            before = state.projected
+            checks += account_checks(
+                self.limits.account,
+                account,
+                account=order.account,
+                symbol=order.symbol,
+                before=before,
+                after=before + _signed(order.side, order.quantity),
+                price=price,
+            )
         failed = [c.message for c in checks if not c.passed]
         approved = not failed
         decision = RiskDecision(
