@@ -194,7 +194,9 @@ def _exposure_checks(
     gross_after = context.others_gross + value_after
     if equity > 0:
         leverage = ratio(gross_after, equity)
-        lev_ok = leverage <= limits.max_gross_leverage
+        # Compare exactly: the rounded ratio is for the report only (rounding it first
+        # passed exposure up to 5e-10 × equity over the limit).
+        lev_ok = gross_after * FACTOR <= limits.max_gross_leverage * equity
         gross_leverage = RiskCheck(
             name=CHECK_LEVERAGE,
             passed=lev_ok or not increases,
@@ -205,7 +207,7 @@ def _exposure_checks(
             f"{_ratio(limits.max_gross_leverage)}x{'' if lev_ok else reduce_note}",
         )
         share = ratio(value_after, equity)
-        conc_ok = share <= limits.max_concentration
+        conc_ok = value_after * FACTOR <= limits.max_concentration * equity
         concentration = RiskCheck(
             name=CHECK_CONCENTRATION,
             passed=conc_ok or not increases,
