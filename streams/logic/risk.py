@@ -39,6 +39,10 @@ Checks, in this order (values and limits are raw fixed-point):
 ``duplicate_client_order_id``
     A client order id this gate has already decided on is rejected (it never gets a second
     decision that could approve it twice).
+account checks
+    Given an :class:`~streams.logic.account_checks.AccountContext` (the gate always gives
+    one): position value, gross leverage, concentration, buying power, order rate, daily
+    loss, drawdown and account state — see :mod:`streams.logic.account_checks`.
 
 Approved orders add their signed quantity to the state's open quantity, and each is kept
 as an :class:`OpenOrder` (side, leaves). The venue's execution reports release it
