@@ -331,6 +331,11 @@ class ExecutionSettings(_Section):
     )
     submit_retries: int = Field(default=5, ge=0, le=100, description="retries of a failed call")
     retry_backoff_ms: int = Field(default=200, ge=1, description="first retry delay, doubled")
+    broker_timeout_ms: int = Field(
+        default=10_000,
+        ge=100,
+        description="longest a venue call (HTTP request, event-stream handshake) may take",
+    )
     alpaca_trading_url: str | None = Field(
         default=None, description="Alpaca Trading API base URL (unset: paper-api.alpaca.markets)"
     )
