@@ -1,7 +1,9 @@
 """What every benchmark needs: the shared data folder, a broker, a fresh topic namespace.
 
 Broker: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a LocalKafka on free ports, stopped at the
-end. Data: ``$OMNIQUANT_SHARED_DATA`` or ``../shared/data`` beside the repository.
+end. Redis (for the benchmarks that need it): ``REDIS_URL`` if set, else a LocalRedis on a
+free port, stopped at the end. Data: ``$OMNIQUANT_SHARED_DATA`` or ``../shared/data`` beside
+the repository.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.config import Settings, load_settings
+from core.config import Settings, load_settings, mask_url
 from core.kafka import ensure_topics
 from omniquant.stack.kafka import LocalKafka
+from omniquant.stack.redis import LocalRedis
 from omniquant.stages import topic_catalog
 
 
@@ -47,6 +50,24 @@ def broker(label: str) -> Iterator[str]:
             yield kafka.bootstrap
         finally:
             kafka.stop()
+
+
+@contextmanager
+def redis_server(label: str) -> Iterator[str]:
+    """URL of the Redis the benchmark runs against (may hold a password: print it masked)."""
+    external = os.environ.get("REDIS_URL")
+    if external:
+        print(f"redis: external {mask_url(external)}")
+        yield external
+        return
+    with tempfile.TemporaryDirectory(prefix=f"bench-{label}-redis-") as state:
+        server = LocalRedis(Path(state), port=free_port())
+        took = server.start()
+        print(f"redis: LocalRedis {server.url} (started in {took:.2f} s)")
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 def namespace(bootstrap: str, label: str) -> Settings:
