@@ -269,6 +269,12 @@ def build(settings: Settings, name: str) -> StreamApp:
         settings,
         name,
         processing_guarantee="exactly-once" if settings.risk.exactly_once else "at-least-once",
+        # Latency, not throughput: a gate reading several topics goes through Quix's
+        # buffered poll, whose consume() waits up to the poll timeout for a full buffer
+        # (orders then arrived in 1-2 s batches), and with transactions approved orders
+        # are visible downstream only once the checkpoint commits.
+        consumer_poll_timeout=0.02,
+        commit_interval=0.1,
     )
     processor = RiskGateProcessor(
         settings,

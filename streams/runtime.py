@@ -287,6 +287,7 @@ class StreamApp:
         *,
         commit_interval: float = 1.0,
         processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once",
+        consumer_poll_timeout: float = 1.0,
     ) -> None:
         self.settings = settings
         self.name = name
@@ -312,6 +313,7 @@ class StreamApp:
             auto_offset_reset="earliest",
             commit_interval=commit_interval,
             processing_guarantee=processing_guarantee,
+            consumer_poll_timeout=consumer_poll_timeout,
             # Only Quix's own changelog topics are created here: the catalog topics are
             # checked to exist first (require_topics) so they keep their explicit configs.
             auto_create_topics=True,
