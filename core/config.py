@@ -350,6 +350,14 @@ class ExecutionSettings(_Section):
     kite_poll_interval_ms: int = Field(
         default=1000, ge=50, description="Kite order-book poll (postbacks may be missed)"
     )
+    kite_product: Literal["MIS", "CNC", "NRML", "MTF"] = Field(
+        default="MIS", description="Kite product of our orders (MIS: intraday, squared off)"
+    )
+    kite_exchange: str = Field(
+        default="NSE",
+        pattern=r"^[A-Z]{2,8}$",
+        description='exchange of a symbol given without one ("INFY" → NSE:INFY)',
+    )
 
 
 class FeedCredentials(_Section):
