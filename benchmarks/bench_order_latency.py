@@ -642,6 +642,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, float]]:
         settings = namespace(bootstrap, "latency")
         names = TopicNames(settings.topic_prefix)
         env = _stage_env(settings, redis_url, Path(tmp) / "state")
+        env.update(dict(item.split("=", 1) for item in args.stage_env))
         say(f"namespace {settings.topic_prefix}; stages with {STAGE_SETTINGS}")
         stages: list[StageProc] = []
         producer = TickProducer(settings, args.symbols, args.rate, args.seconds, args.seed)
@@ -744,6 +745,13 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", action="store_true", help="print one JSON line of figures")
+    parser.add_argument(
+        "--stage-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra setting for the stages, e.g. OMNIQUANT_RISK__EXACTLY_ONCE=false",
+    )
     args = parser.parse_args()
     if args.json:
         with contextlib.redirect_stdout(sys.stderr):  # the harness's lines too

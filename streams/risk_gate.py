@@ -269,12 +269,16 @@ def build(settings: Settings, name: str) -> StreamApp:
         settings,
         name,
         processing_guarantee="exactly-once" if settings.risk.exactly_once else "at-least-once",
-        # Latency, not throughput: a gate reading several topics goes through Quix's
-        # buffered poll, whose consume() waits up to the poll timeout for a full buffer
-        # (orders then arrived in 1-2 s batches), and with transactions approved orders
-        # are visible downstream only once the checkpoint commits.
+        # Latency, not throughput. A gate reading several topics goes through Quix's
+        # buffered poll: its consume() waits up to the poll timeout for a full buffer
+        # (orders arrived in 1-2 s batches), and once a sparse partition (orders, reports)
+        # is drained it waits for the broker's next fetch answer to learn the partition's
+        # watermark — up to fetch.wait.max.ms (500 ms by default) per order. With
+        # transactions, approved orders are visible downstream only once the checkpoint
+        # commits.
         consumer_poll_timeout=0.02,
-        commit_interval=0.1,
+        consumer_extra={"fetch.wait.max.ms": 5},
+        commit_interval=0.5,
     )
     processor = RiskGateProcessor(
         settings,
