@@ -36,6 +36,28 @@ BAR_TRADES_LEFT_OUT = Counter(
 )
 APP_UP = Gauge("omniquant_app_up", "1 while the app runs", ["app"])
 
+# ---- execution (streams/execution.py), labelled by venue --------------------------------
+ORDERS_SUBMITTED = Counter(
+    "trading_orders_submitted_total", "Orders sent to a venue (once per order)", ["venue"]
+)
+ORDERS_FILLED = Counter("trading_orders_filled_total", "Orders filled in full", ["venue"])
+ORDERS_REJECTED = Counter(
+    "trading_orders_rejected_total",
+    "Orders rejected; reason is a code (VENUE_REJECTED, VENUE_UNAVAILABLE, HALTED)",
+    ["venue", "reason"],
+)
+ORDER_LATENCY = Histogram(
+    "trading_order_latency_seconds",
+    "Wall time from the risk gate's approval to the venue's acknowledgement",
+    ["venue"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+ORDER_EVENTS_REFUSED = Counter(
+    "trading_order_events_refused_total",
+    "Venue events the order state machine refused to apply (e.g. a fill after FILLED)",
+    ["venue", "reason"],
+)
+
 
 def serve_metrics(port: int) -> None:
     """Start the /metrics HTTP endpoint in a daemon thread (port 0: do nothing)."""

@@ -88,6 +88,14 @@ RECORD_TOPICS: tuple[TopicSpec, ...] = (
     ),
     TopicSpec("fills", "symbol", f"{_NS}.orders.Fill", "Executions (trades of our orders)."),
     TopicSpec(
+        "execution.orders",
+        "client_order_id",
+        None,  # internal: JSON, read back only by the execution consumer, not sunk
+        "The execution consumer's working orders (JSON), written in its transactions; "
+        "compacted, an order's key is tombstoned once the order is done.",
+        compacted=True,
+    ),
+    TopicSpec(
         "positions",
         "account|symbol",
         f"{_NS}.portfolio.Position",

@@ -198,11 +198,17 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec(
         name="execution",
         entry_point="streams.execution:run",
-        summary="Quix app: approved orders → paper fills and execution reports.",
-        inputs=("orders.approved", "market.trades"),
-        outputs=("execution.reports", "fills"),
+        summary="Kafka loop, exactly-once: approved orders → the venue (paper, Alpaca, Kite) → "
+        "execution reports, fills; a halted account's orders cancelled.",
+        # market data feeds a simulated venue; control wakes the halt check
+        inputs=("orders.approved", "market.trades", "market.quotes", "control"),
+        outputs=("execution.reports", "fills", "execution.orders"),
         dead_letter="execution",
-        figures=(LiveFigure("fills", metrics.FILLS),),
+        figures=(
+            LiveFigure("submitted", metrics.ORDERS_SUBMITTED),
+            LiveFigure("fills", metrics.FILLS),
+            LiveFigure("rejected", metrics.ORDERS_REJECTED),
+        ),
     ),
     StageSpec(
         name="portfolio",

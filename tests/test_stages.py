@@ -87,7 +87,12 @@ def test_supervisor_stages_come_from_the_registry(tmp_path: Path) -> None:
     ]
     assert by_name["feed"].consumer_group is None and by_name["feed"].is_source
     assert by_name["signals"].consumer_group == "reg.signals"
-    assert by_name["execution"].inputs == ["reg.orders.approved", "reg.market.trades"]
+    assert by_name["execution"].inputs == [
+        "reg.orders.approved",
+        "reg.market.trades",
+        "reg.market.quotes",
+        "reg.control",
+    ]
     # the sink owns the lag of every record topic
     assert set(by_name["sink-clickhouse"].inputs) == {
         f"reg.{t.logical_name}" for t in topic_catalog().record_topics()

@@ -23,7 +23,10 @@ REQUIRED = {
     "risk.metrics",
     "alerts",
     "control",
+    "execution.orders",
 }
+# Read back only by the app that writes them (JSON): no Avro schema, not sunk.
+INTERNAL = {"execution.orders"}
 
 
 def test_catalog_has_every_required_topic_and_a_dead_letter_topic_per_consuming_app() -> None:
@@ -37,9 +40,9 @@ def test_catalog_has_every_required_topic_and_a_dead_letter_topic_per_consuming_
     assert len(names) == len(catalog), "duplicate topic names"
 
 
-def test_positions_and_control_are_compacted_the_rest_are_not() -> None:
+def test_positions_control_and_the_execution_book_are_compacted_the_rest_are_not() -> None:
     compacted = {t.logical_name for t in topic_catalog().specs if t.compacted}
-    assert compacted == {"positions", "control"}
+    assert compacted == {"positions", "control", "execution.orders"}
     assert spec("control").broker_config()["cleanup.policy"] == "compact"
     assert "retention.ms" not in spec("positions").broker_config()
     assert spec("market.trades").broker_config()["cleanup.policy"] == "delete"
@@ -49,12 +52,15 @@ def test_positions_and_control_are_compacted_the_rest_are_not() -> None:
     assert int(dead_letter_spec("signals").broker_config()["retention.ms"]) > 0
 
 
-def test_record_topics_name_a_value_schema_and_dead_letters_carry_raw_bytes() -> None:
+def test_record_topics_name_a_value_schema_dead_letters_and_internal_topics_raw_bytes() -> None:
     for item in topic_catalog().specs:
-        if item.logical_name.startswith("dlq."):
+        if item.logical_name.startswith("dlq.") or item.logical_name in INTERNAL:
             assert item.value_schema is None
         else:
             assert item.value_schema and item.value_schema.startswith("io.omniquant.")
+    # so the sink, which reads every record topic, leaves internal topics alone
+    record_topics = {t.logical_name for t in topic_catalog().record_topics()}
+    assert record_topics.isdisjoint(INTERNAL)
 
 
 def test_prefix_gives_a_separate_namespace() -> None:
