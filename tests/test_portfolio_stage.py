@@ -68,9 +68,12 @@ def test_two_accounts_trading_one_symbol_keep_separate_positions(
     settings, env = stage_namespace(kafka_bootstrap, redis_url, tmp_path, "acct")
     names = TopicNames(settings.topic_prefix)
     producer = RecordProducer(settings, "test")
-    # Trades first (the as-of join prices each order at the last trade at or before it).
+    # The paper venue prices each order as of its time (the last trade at or before it),
+    # once a later tick shows that time has come: the 110 trade for the orders at 1 s and
+    # 2 s, one more 110 trade for those at 11 s and 12 s.
     producer.send(names.trades, _trade("100", T0), key="SPY")
     producer.send(names.trades, _trade("110", T0 + 10 * SEC), key="SPY")
+    producer.send(names.trades, _trade("110", T0 + 20 * SEC), key="SPY")
     producer.flush()
     orders = [
         _order("a-1", "alice", Side.BUY, 100, T0 + 1 * SEC),  # alice +100 @ 100

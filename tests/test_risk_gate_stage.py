@@ -7,14 +7,15 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
+from kafka_read import read_topic
 from stage_proc import spawn_stage, stage_namespace
 
 from core.kafka import LagProbe, consumer_config
 from core.topics import TopicNames
 from producers.kafka_producer import RecordProducer
 from schemas.fixedpoint import to_fixed
-from schemas.models import Decision, OrderRequest, RiskDecision, Side, Trade
+from schemas.models import Decision, OrderRequest, OrderType, RiskDecision, Side, Trade
 from schemas.serde import AvroSerde
 
 pytestmark = pytest.mark.integration
@@ -63,12 +64,13 @@ def test_gate_prices_itself_refuses_duplicates_and_releases_filled_exposure(
         producer.send(names.trades, record, key=symbol)
 
     def order(
-        coid: str, side: Side, qty: int, reference: str, ts: int, symbol: str = "SPY"
-    ) -> None:
+        coid: str, side: Side, qty: int, reference: str, ts: int, symbol: str = "SPY",
+        order_type: OrderType = OrderType.MARKET,
+    ) -> None:  # fmt: skip
         record = OrderRequest(
             client_order_id=coid, strategy_id="test", account="paper", symbol=symbol,
             side=side, quantity=to_fixed(qty), reference_price=to_fixed(reference),
-            ts_event=ts, ts_init=ts,
+            order_type=order_type, ts_event=ts, ts_init=ts,
         )  # fmt: skip
         producer.send(names.order_requests, record, key=symbol)
 
@@ -87,6 +89,33 @@ def test_gate_prices_itself_refuses_duplicates_and_releases_filled_exposure(
             probe.close()
         raise AssertionError(f"stages did not consume {topic}")
 
+    def gate_read_report(coid: str) -> None:
+        """Wait until the gate has committed past the venue's report of ``coid``. (Not by
+        lag: execution writes reports in transactions, and the commit marker after the
+        last one holds a Quix consumer's lag at 1.)"""
+        reader = Consumer(consumer_config(settings, f"{names.execution_reports}-reader"))
+        reader.subscribe([names.execution_reports])
+        gate = Consumer(consumer_config(settings, f"{settings.topic_prefix}risk-gate"))
+        deadline = time.monotonic() + 90
+        try:
+            where = None
+            while where is None and time.monotonic() < deadline:
+                msg = reader.poll(0.2)
+                if msg is None or msg.error() is not None:
+                    continue
+                if AvroSerde().decode(msg.value()).client_order_id == coid:
+                    where = TopicPartition(msg.topic(), msg.partition())
+                    offset = msg.offset()
+            assert where is not None, f"no report of {coid}"
+            while time.monotonic() < deadline:
+                if gate.committed([where], timeout=10)[0].offset > offset:
+                    return
+                time.sleep(0.2)
+        finally:
+            reader.close()
+            gate.close()
+        raise AssertionError(f"the gate did not consume the report of {coid}")
+
     apps = [spawn_stage(stage, env) for stage in ("risk-gate", "execution")]
     try:
         trade("167.10", T0)
@@ -95,15 +124,14 @@ def test_gate_prices_itself_refuses_duplicates_and_releases_filled_exposure(
         # claims a price of 0.01: outside the collar, and valued at the market (835k)
         order("cheat", Side.BUY, 4999, "0.01", T0 + 1 * SEC)
         order("a", Side.BUY, 40, "167.10", T0 + 2 * SEC)  # approved, then filled
+        # the paper venue fills "a" as of its time once the market shows that time has come
+        trade("167.10", T0 + 3 * SEC)
         producer.flush()
         first = _decisions(settings, names.risk_decisions, {"cheat", "a"})
-        # later orders come once "a" has filled, so the fill has reached the gate
-        deadline = time.monotonic() + 60
-        fills = 0
-        while time.monotonic() < deadline and not fills:
-            fills = sum(_end(settings, names.fills))
-            time.sleep(0.2)
-        assert fills == 1
+        # later orders come once "a" has filled, so the fill has reached the gate (read,
+        # not counted by offsets: execution's transaction markers take offsets too)
+        fills = read_topic(kafka_bootstrap, names.fills, expected=1, timeout_s=60)
+        assert [AvroSerde().decode(m.value()).client_order_id for m in fills] == ["a"]
         trade("167.20", T0 + 10 * SEC)
         producer.flush()
         consumed(names.trades)
@@ -114,16 +142,16 @@ def test_gate_prices_itself_refuses_duplicates_and_releases_filled_exposure(
         producer.flush()
         later = _decisions(settings, names.risk_decisions, {"a", "b", "c"})
 
-        # Release: QQQ's only trade is later than the order, so the gate prices it (the
-        # trade is the last it saw) but the venue finds no trade at or before it and
-        # rejects it. The rejection must free the 5,000 reserved, or "q2" cannot fit.
+        # Release: the venue rejects "q1" (a LIMIT order without a limit price: the gate
+        # does not check for one, the paper venue refuses it). The rejection must free the
+        # 5,000 reserved, or "q2" cannot fit.
         trade("380", T0 + 100 * SEC, symbol="QQQ")
         producer.flush()
         consumed(names.trades, ("risk-gate",))
-        order("q1", Side.BUY, 5000, "380", T0 + 99 * SEC, symbol="QQQ")
+        order("q1", Side.BUY, 5000, "380", T0 + 99 * SEC, symbol="QQQ", order_type=OrderType.LIMIT)
         producer.flush()
         q1 = _decisions(settings, names.risk_decisions, {"q1"})["q1"][0]
-        consumed(names.execution_reports, ("risk-gate",))  # the venue's REJECTED is in
+        gate_read_report("q1")  # the venue's REJECTED is in
         order("q2", Side.BUY, 5000, "380", T0 + 101 * SEC, symbol="QQQ")
         producer.flush()
         q2 = _decisions(settings, names.risk_decisions, {"q2"})["q2"][0]
