@@ -169,8 +169,14 @@ def _paper(cls: type[Broker], settings: Settings) -> Broker:
     return cls(settings.execution)  # type: ignore[call-arg]
 
 
+def _vendor(cls: type[Broker], settings: Settings) -> Broker:
+    return cls(settings)  # type: ignore[call-arg]
+
+
 _VENUES: dict[str, _Venue] = {
     "paper": _Venue("brokers.paper:PaperBroker", _paper),
+    "alpaca": _Venue("brokers.alpaca:AlpacaBroker", _vendor),
+    "kite": _Venue("brokers.kite:KiteBroker", _vendor),
 }
 
 
