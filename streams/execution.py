@@ -242,6 +242,7 @@ class ExecutionConsumer:
         self._changed: set[str] = set()  # changelog entries to write at the commit
         self._finished: set[str] = set()  # done in this transaction: reservations to close
         self._txn_events: list[BrokerEvent] = []  # applied in this transaction
+        self._handled: dict[tuple[str, int], int] = {}  # next offset, in this transaction
         self._cancel_due: dict[str, float] = {}  # client order id → when to (re)try a cancel
         self._next_halt_check = 0.0
         self._txn_started = 0.0
@@ -275,16 +276,11 @@ class ExecutionConsumer:
             for message in messages:
                 self._handle(message)
                 self._drain_events()
+                # venue calls take time: a long batch does not hold one transaction open
+                self._commit_if_due(message is messages[-1])
             self._drain_events()
             self._check_halts()
-            if self._commit_due():
-                try:
-                    self._commit()
-                except KafkaException as exc:
-                    if not _retriable(exc):
-                        raise
-                    # everything consumed is processed: the next step commits again
-                    log.warning("commit failed, will retry", extra={"error": str(exc)})
+            self._commit_if_due(True)
         except KafkaException as exc:
             if not _abortable(exc):
                 raise
@@ -455,6 +451,7 @@ class ExecutionConsumer:
             log.warning("consumer error", extra={"error": error.str()})
             return
         topic = message.topic()
+        self._handled[(topic, message.partition())] = message.offset() + 1
         self._dirty = True
         try:
             if topic == self._approved:
@@ -809,11 +806,22 @@ class ExecutionConsumer:
             self._producer.begin_transaction()
         self._txn_started = time.monotonic()
 
-    def _commit_due(self) -> bool:
+    def _commit_if_due(self, batch_done: bool) -> None:
         interval = self.settings.execution.commit_interval_ms / 1000
-        return self._dirty and time.monotonic() - self._txn_started >= interval
+        if not self._dirty or time.monotonic() - self._txn_started < interval:
+            return
+        try:
+            self._commit(batch_done)
+        except KafkaException as exc:
+            if not (batch_done and _retriable(exc)):
+                raise
+            # everything consumed is processed: the next step commits again
+            log.warning("commit failed, will retry", extra={"error": str(exc)})
 
-    def _commit(self) -> None:
+    def _commit(self, batch_done: bool = True) -> None:
+        """Commit what is published with the input offsets. Within a batch only the
+        messages handled so far count; at its end the consumer's positions (which also
+        step over the transaction markers of transactional inputs)."""
         producer, consumer = self._producer, self._consumer
         assert producer is not None and consumer is not None
         for coid in sorted(self._changed):
@@ -823,7 +831,10 @@ class ExecutionConsumer:
                 self._produce(self._changelog, coid, None, value=data, timestamp_ns=order.ts_event)
             elif coid in self._committed_book:
                 self._produce(self._changelog, coid, None, value=None)  # tombstone
-        offsets = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+        if batch_done:
+            offsets = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
+        else:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self._handled.items()]
         if self.exactly_once:
             if offsets:
                 producer.send_offsets_to_transaction(
@@ -839,6 +850,7 @@ class ExecutionConsumer:
             if offsets:
                 consumer.commit(offsets=offsets, asynchronous=False)
         self._committed_book = dict(self._book)
+        self._handled.clear()
         self._txn_events.clear()
         self._changed.clear()
         self._dirty = False
@@ -862,6 +874,7 @@ class ExecutionConsumer:
             self._done.pop(coid, None)
         self._changed.clear()
         self._finished.clear()
+        self._handled.clear()
         events, self._txn_events = self._txn_events, []
         consumer.assign(
             [TopicPartition(tp.topic, tp.partition, OFFSET_STORED) for tp in self._inputs]

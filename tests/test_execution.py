@@ -4,6 +4,9 @@ test venue built on it) in this process, so the venue's calls can be counted."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -16,9 +19,11 @@ import redis
 from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
+from brokers.alpaca import AlpacaBroker
 from brokers.base import BrokerEvent, BrokerOrder, BrokerUnavailable, OrderSubmission
 from brokers.paper import PaperBroker
-from core.config import ExecutionSettings, Settings
+from brokers.paper.broker import DEFAULT_HISTORY_MS
+from core.config import ExecutionSettings, Settings, load_settings
 from core.errors import ConfigError
 from core.kafka import consumer_config, ensure_topics
 from core.logs import CORRELATION_HEADER
@@ -149,7 +154,9 @@ def start(exec_settings: Settings) -> Iterator[Callable[..., Running]]:
     running: list[Running] = []
 
     def _start(broker: Any, settings: Settings | None = None) -> Running:
-        consumer = ExecutionConsumer(settings or exec_settings, "execution", broker)
+        consumer = ExecutionConsumer(
+            settings or exec_settings, "execution", broker, market_history_ms=DEFAULT_HISTORY_MS
+        )
         run = Running(consumer)
         running.append(run)
         return run
@@ -294,6 +301,8 @@ def test_a_duplicate_approved_record_is_submitted_once(exec_settings: Settings, 
     run.stop()
     assert venue.submits == {"third": 1}
     assert _types(reports, "dup") == [ExecType.NEW, ExecType.FILL]
+    # (filled at the trade the first instance consumed: the new paper venue is warmed up)
+    assert _types(reports, "third") == [ExecType.NEW, ExecType.FILL]
 
 
 def test_a_reservation_left_by_a_dead_instance_is_submitted_once_and_not_lost(
@@ -503,6 +512,42 @@ def test_at_least_once_mode_without_transactions_fills_too(exec_settings: Settin
 
 def test_the_approval_header_is_the_one_the_risk_gate_sets() -> None:
     assert risk_gate.APPROVED_AT_HEADER == APPROVED_AT_HEADER
+
+
+def test_alpaca_is_never_built_in_a_backtest_namespace(settings: Settings) -> None:
+    def with_prefix(prefix: str) -> Settings:
+        return load_settings(
+            topic_prefix=prefix,
+            execution={"broker": "alpaca"},
+            # credentials are there: only the namespace can refuse it
+            feeds={"alpaca_api_key_id": "key", "alpaca_api_secret_key": "secret"},
+        )
+
+    with pytest.raises(ConfigError, match="OMNIQUANT_EXECUTION__BROKER=alpaca") as refused:
+        build_broker(with_prefix("bt-42."))
+    assert "backtest namespace" in str(refused.value)
+    live = build_broker(with_prefix("omniquant."))  # built (not connected) elsewhere
+    assert isinstance(live, AlpacaBroker) and live.live
+
+
+def test_the_execution_stage_refuses_a_live_venue_in_a_backtest_namespace_at_start(
+    settings: Settings,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQUANT_")}
+    env.update(
+        OMNIQUANT_TOPIC_PREFIX="bt-9.",
+        OMNIQUANT_EXECUTION__BROKER="kite",
+        OMNIQUANT_FEEDS__KITE_API_KEY="key",
+        OMNIQUANT_FEEDS__KITE_ACCESS_TOKEN="token",
+        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap(),
+        REDIS_URL=settings.redis_url(),
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "omniquant.cli", "stage", "execution"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "OMNIQUANT_EXECUTION__BROKER=kite" in out.stderr + out.stdout
 
 
 def test_a_live_venue_is_refused_in_a_backtest_namespace(exec_settings: Settings) -> None:
