@@ -124,6 +124,7 @@ from streams.logic.order_state import (
     apply_event,
     reconcile,
 )
+from streams.logic.trading_state import ScopeState
 from streams.runtime import DeadLetters, now_ns
 
 __all__ = ["APPROVED_AT_HEADER", "ExecutionConsumer", "build", "build_broker", "run"]
@@ -214,25 +215,26 @@ class ExecutionConsumer:
                 f"{BROKER_SETTING}: {broker.venue} is a live venue and "
                 f"{settings.topic_prefix!r} a backtest namespace"
             )
-        self.settings = settings
-        self.name = name
+        self._settings = settings
+        self._name = name
         self.broker = broker
-        self.venue = broker.venue
-        self.names = TopicNames(settings.topic_prefix)
-        self.group = f"{settings.topic_prefix}{name}"
-        self.exactly_once = settings.execution.exactly_once
+        self._venue = broker.venue
+        self._names = TopicNames(settings.topic_prefix)
+        self._group = f"{settings.topic_prefix}{name}"
+        self._exactly_once = settings.execution.exactly_once
         self._serde = AvroSerde.from_settings(settings)
         self._dead_letters = DeadLetters(settings, name)
         self._redis = redis.Redis.from_url(settings.redis_url(), socket_timeout=5.0)
         self._watcher = watcher or TradingStateWatcher(settings)
         # a simulated venue is warmed up with this much market data at start
         self._market_history_ms = market_history_ms if not broker.live else None
-        self._approved = self.names.approved_orders
-        self._market: dict[str, type[Record]] = {self.names.trades: Trade, self.names.quotes: Quote}
-        self._control = self.names.control
-        self._reports = self.names.execution_reports
-        self._fills = self.names.fills
-        self._changelog = self.names.name(CHANGELOG)
+        self._approved = self._names.approved_orders
+        names = self._names
+        self._market: dict[str, type[Record]] = {names.trades: Trade, names.quotes: Quote}
+        self._control = self._names.control
+        self._reports = self._names.execution_reports
+        self._fills = self._names.fills
+        self._changelog = self._names.name(CHANGELOG)
 
         self._events: queue.SimpleQueue[BrokerEvent] = queue.SimpleQueue()
         self._book: dict[str, WorkingOrder] = {}  # open orders
@@ -271,7 +273,12 @@ class ExecutionConsumer:
     def _step(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        messages = consumer.consume(_BATCH, _POLL_S)
+        # what has arrived, else the next record as soon as it comes (a batch call would
+        # wait out its whole timeout for a batch that is not coming)
+        messages = consumer.consume(_BATCH, 0)
+        if not messages:
+            first = consumer.poll(_POLL_S)
+            messages = [first] if first is not None else []
         try:
             for message in messages:
                 self._handle(message)
@@ -289,13 +296,13 @@ class ExecutionConsumer:
     def _start(self) -> None:
         self._require_topics()
         self._producer = self._make_producer()
-        if self.exactly_once:
+        if self._exactly_once:
             # fences the instance this one replaces and aborts its open transaction, so
             # the changelog and the committed offsets read next are final
             self._producer.init_transactions(_KAFKA_TIMEOUT_S)
         self._rebuild_book()
         self._consumer = Consumer(
-            consumer_config(self.settings, self.group, **{"client.id": self.name})
+            consumer_config(self._settings, self._group, **{"client.id": self._name})
         )
         self._inputs = self._input_partitions()
         self.broker.connect(self._events.put)
@@ -310,9 +317,9 @@ class ExecutionConsumer:
         log.info(
             "execution consumer started",
             extra={
-                "venue": self.venue,
+                "venue": self._venue,
                 "working_orders": len(self._book),
-                "exactly_once": self.exactly_once,
+                "exactly_once": self._exactly_once,
             },
         )
 
@@ -334,7 +341,7 @@ class ExecutionConsumer:
     def _require_topics(self) -> None:
         wanted = [self._approved, *self._market, self._control, self._reports, self._fills]
         wanted += [self._changelog, self._dead_letters.topic]
-        existing = admin_client(self.settings).list_topics(timeout=_KAFKA_TIMEOUT_S).topics
+        existing = admin_client(self._settings).list_topics(timeout=_KAFKA_TIMEOUT_S).topics
         missing = sorted(t for t in wanted if t not in existing)
         if missing:
             raise TopicError(
@@ -342,10 +349,10 @@ class ExecutionConsumer:
             )
 
     def _make_producer(self) -> Producer:
-        extra: dict[str, str | int] = {"client.id": self.name}
-        if self.exactly_once:
-            extra["transactional.id"] = self.group
-        return Producer(producer_config(self.settings, **extra))
+        extra: dict[str, str | int] = {"client.id": self._name}
+        if self._exactly_once:
+            extra["transactional.id"] = self._group
+        return Producer(producer_config(self._settings, **extra))
 
     def _partitions(self, consumer: Consumer, topic: str) -> list[TopicPartition]:
         def query() -> list[TopicPartition]:
@@ -365,9 +372,9 @@ class ExecutionConsumer:
     def _rebuild_book(self) -> None:
         reader = Consumer(
             consumer_config(
-                self.settings,
-                f"{self.group}-changelog",  # never commits: always read from the start
-                **{"enable.partition.eof": "true", "client.id": f"{self.name}-changelog"},
+                self._settings,
+                f"{self._group}-changelog",  # never commits: always read from the start
+                **{"enable.partition.eof": "true", "client.id": f"{self._name}-changelog"},
             )
         )
         try:
@@ -386,9 +393,9 @@ class ExecutionConsumer:
         before the committed offsets: it keeps no history of its own across a restart."""
         reader = Consumer(
             consumer_config(
-                self.settings,
-                self.group,  # only to read the group's committed offsets; never commits
-                **{"enable.partition.eof": "true", "client.id": f"{self.name}-warm-up"},
+                self._settings,
+                self._group,  # only to read the group's committed offsets; never commits
+                **{"enable.partition.eof": "true", "client.id": f"{self._name}-warm-up"},
             )
         )
         try:
@@ -472,6 +479,8 @@ class ExecutionConsumer:
     def _decode_market(
         self, topic: str, value: bytes | None, message: Message | None = None
     ) -> dict[str, Any] | None:
+        """A trade or quote as a dict. From the loop (``message`` given) a bad record is
+        dead-lettered and a good one counted; during the warm-up they were already."""
         try:
             if value is None:
                 raise SerdeError(f"empty value on {topic}")
@@ -480,7 +489,8 @@ class ExecutionConsumer:
             if message is not None:
                 self._dead_letter(message, exc)
             return None
-        MESSAGES_IN.labels(self.name, topic).inc()
+        if message is not None:
+            MESSAGES_IN.labels(self._name, topic).inc()
         return record
 
     def _on_approved(self, message: Message) -> None:
@@ -492,7 +502,7 @@ class ExecutionConsumer:
         except SerdeError as exc:
             self._dead_letter(message, exc)
             return
-        MESSAGES_IN.labels(self.name, self._approved).inc()
+        MESSAGES_IN.labels(self._name, self._approved).inc()
         with correlated(order.client_order_id):
             self._accept(order, _approved_at_ns(message))
 
@@ -512,7 +522,7 @@ class ExecutionConsumer:
 
     # ---- orders --------------------------------------------------------------------------
     def _reservation(self, coid: str) -> str:
-        return f"{self.settings.topic_prefix}exec:submit:{coid}"
+        return f"{self._settings.topic_prefix}exec:submit:{coid}"
 
     def _accept(self, order: OrderRequest, approved_at_ns: int) -> None:
         coid = order.client_order_id
@@ -532,20 +542,20 @@ class ExecutionConsumer:
             log.info("reserved but unknown to the venue: submitting")
         state = self._watcher.of(order.account)
         if state.state == TradingState.HALTED:
-            self._book[coid] = WorkingOrder.from_request(order, self.venue)
+            self._book[coid] = WorkingOrder.from_request(order, self._venue)
             self._reject(coid, HALTED, f"HALTED: {state.reason}")
             return
         self._submit(order, approved_at_ns)
 
     def _submit(self, order: OrderRequest, approved_at_ns: int) -> None:
         coid = order.client_order_id
-        working = WorkingOrder.from_request(order, self.venue)
+        working = WorkingOrder.from_request(order, self._venue)
         self._book[coid] = working
         self._changed.add(coid)
         submission = _submission(working)
-        ORDERS_SUBMITTED.labels(self.venue).inc()
-        retries = self.settings.execution.submit_retries
-        delay = self.settings.execution.retry_backoff_ms / 1000
+        ORDERS_SUBMITTED.labels(self._venue).inc()
+        retries = self._settings.execution.submit_retries
+        delay = self._settings.execution.retry_backoff_ms / 1000
         ack: BrokerOrder | None = None
         failure: BrokerUnavailable | None = None
         for attempt in range(retries + 1):
@@ -576,7 +586,7 @@ class ExecutionConsumer:
                 f"venue unavailable after {retries + 1} attempts: {failure}",
             )
             return
-        ORDER_LATENCY.labels(self.venue).observe(max(0, time.time_ns() - approved_at_ns) / 1e9)
+        ORDER_LATENCY.labels(self._venue).observe(max(0, time.time_ns() - approved_at_ns) / 1e9)
         self._drain_events()  # the venue's own NEW (and fills) may have come during submit
         self._acknowledge(coid, ack)
 
@@ -604,16 +614,14 @@ class ExecutionConsumer:
             "adopting an order the venue already has",
             extra={"venue_status": str(view.status), "filled": view.filled_quantity},
         )
-        self._book[coid] = WorkingOrder.from_request(order, self.venue)
+        self._book[coid] = WorkingOrder.from_request(order, self._venue)
         self._changed.add(coid)
         for event in self._stash.pop(coid, []):
             self._apply(coid, event)
         current = self._book.get(coid)
-        if current is not None:
+        if current is not None:  # the NEW, fills and end the stash did not bring
             for made in reconcile(current, view):
                 self._apply(coid, made)
-        if view.status == OrderStatus.REJECTED and coid in self._book:
-            self._reject(coid, VENUE_REJECTED, view.reason or "rejected by the venue")
 
     def _reject(self, coid: str, code: str, reason: str) -> None:
         order = self._book[coid]
@@ -653,7 +661,7 @@ class ExecutionConsumer:
             log.debug("venue event repeats the book", extra={"detail": result.detail})
             return False
         if isinstance(result, Refused):
-            ORDER_EVENTS_REFUSED.labels(self.venue, result.code.value).inc()
+            ORDER_EVENTS_REFUSED.labels(self._venue, result.code.value).inc()
             log.warning(
                 "venue event refused by the order state machine",
                 extra={"refusal": result.code.value, "detail": result.detail},
@@ -670,9 +678,9 @@ class ExecutionConsumer:
             self._finished.add(coid)
             self._cancel_due.pop(coid, None)
             if after.status == OrderStatus.FILLED:
-                ORDERS_FILLED.labels(self.venue).inc()
+                ORDERS_FILLED.labels(self._venue).inc()
             elif after.status == OrderStatus.REJECTED:
-                ORDERS_REJECTED.labels(self.venue, rejected_as).inc()
+                ORDERS_REJECTED.labels(self._venue, rejected_as).inc()
         else:
             self._book[coid] = after
         self._changed.add(coid)
@@ -684,7 +692,7 @@ class ExecutionConsumer:
         self._produce(self._reports, report.symbol, report, headers)
         if applied.fill is not None:
             self._produce(self._fills, applied.fill.symbol, applied.fill, headers)
-            FILLS.labels(self.venue).inc()
+            FILLS.labels(self._venue).inc()
         log.info(
             "execution report",
             extra={
@@ -699,10 +707,13 @@ class ExecutionConsumer:
         now = time.monotonic()
         if now >= self._next_halt_check:
             self._next_halt_check = now + _HALT_CHECK_S
+            states: dict[str, ScopeState] = {}  # each account asked once
             for coid, order in list(self._book.items()):
                 if not order.is_working:
                     continue
-                state = self._watcher.of(order.account)
+                state = states.get(order.account)
+                if state is None:
+                    state = states[order.account] = self._watcher.of(order.account)
                 if state.state != TradingState.HALTED:
                     continue
                 with correlated(coid):
@@ -730,29 +741,37 @@ class ExecutionConsumer:
             self._cancel_due.pop(coid, None)
             log.info("cancel sent to the venue")
         except BrokerUnavailable as exc:
-            backoff = self.settings.execution.retry_backoff_ms / 1000
+            backoff = self._settings.execution.retry_backoff_ms / 1000
             self._cancel_due[coid] = time.monotonic() + backoff
             log.warning("venue unavailable for a cancel: will retry", extra={"error": str(exc)})
         except BrokerRejected as exc:
-            # filled or gone meanwhile: the venue's view decides
+            # filled or ended meanwhile, or not cancellable yet: the venue's view decides
             self._cancel_due.pop(coid, None)
             log.warning("the venue refused the cancel", extra={"error": str(exc)})
             self._drain_events()
             view = self._get_order(coid)
             current = self._book.get(coid)
-            if view is not None and current is not None:
-                for event in reconcile(current, view):
-                    self._apply(coid, event)
+            if view is None or current is None:
+                return
+            for event in reconcile(current, view):
+                self._apply(coid, event)
+            if coid in self._book and view.status in (
+                OrderStatus.NEW,
+                OrderStatus.PARTIALLY_FILLED,
+                OrderStatus.PENDING_CANCEL,
+            ):  # still working there: ask again
+                backoff = self._settings.execution.retry_backoff_ms / 1000
+                self._cancel_due[coid] = time.monotonic() + backoff
 
     # ---- venue calls ---------------------------------------------------------------------
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A venue query, retried with backoff while the venue is unavailable."""
-        delay = self.settings.execution.retry_backoff_ms / 1000
-        for attempt in range(self.settings.execution.submit_retries + 1):
+        delay = self._settings.execution.retry_backoff_ms / 1000
+        for attempt in range(self._settings.execution.submit_retries + 1):
             try:
                 return fn(*args)
             except BrokerUnavailable as exc:
-                if attempt == self.settings.execution.submit_retries or self._stop.wait(delay):
+                if attempt == self._settings.execution.submit_retries or self._stop.wait(delay):
                     raise
                 log.warning("venue unavailable: retrying", extra={"error": str(exc)})
                 delay *= 2
@@ -794,20 +813,20 @@ class ExecutionConsumer:
                 break
             except BufferError:
                 producer.poll(0.1)  # the local queue is full: let deliveries drain it
-        MESSAGES_OUT.labels(self.name, topic).inc()
+        MESSAGES_OUT.labels(self._name, topic).inc()
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._delivery_failures.append(f"{msg.topic()}: {err.str()}")
 
     def _begin(self) -> None:
-        if self.exactly_once:
+        if self._exactly_once:
             assert self._producer is not None
             self._producer.begin_transaction()
         self._txn_started = time.monotonic()
 
     def _commit_if_due(self, batch_done: bool) -> None:
-        interval = self.settings.execution.commit_interval_ms / 1000
+        interval = self._settings.execution.commit_interval_ms / 1000
         if not self._dirty or time.monotonic() - self._txn_started < interval:
             return
         try:
@@ -835,7 +854,7 @@ class ExecutionConsumer:
             offsets = [tp for tp in consumer.position(consumer.assignment()) if tp.offset >= 0]
         else:
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._handled.items()]
-        if self.exactly_once:
+        if self._exactly_once:
             if offsets:
                 producer.send_offsets_to_transaction(
                     offsets, consumer.consumer_group_metadata(), _KAFKA_TIMEOUT_S
