@@ -378,9 +378,7 @@ _events = st.builds(
 
 
 @settings(max_examples=400, deadline=None)
-@given(
-    quantity=st.integers(min_value=1, max_value=100), events=st.lists(_events, max_size=40)
-)
+@given(quantity=st.integers(min_value=1, max_value=100), events=st.lists(_events, max_size=40))
 def test_random_event_sequences_keep_the_books_invariants(
     quantity: int, events: list[OrderEvent]
 ) -> None:
