@@ -288,6 +288,7 @@ class StreamApp:
         commit_interval: float = 1.0,
         processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once",
         consumer_poll_timeout: float = 1.0,
+        consumer_extra: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
@@ -321,6 +322,7 @@ class StreamApp:
             on_consumer_error=self.dead_letters.on_consumer_error,
             on_processing_error=self.dead_letters.on_processing_error,
             producer_extra_config=producer_extra,
+            consumer_extra_config=consumer_extra or {},
             loglevel=None,
             broker_availability_timeout=30.0,
         )
