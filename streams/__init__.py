@@ -2,7 +2,10 @@
 
 - :mod:`streams.signals` — trades → event-time bars → SMA crossover → signals, order requests
 - :mod:`streams.risk_gate` — order requests → risk decisions, approved orders
-- :mod:`streams.execution` — approved orders → paper fills, execution reports, positions
+- :mod:`streams.execution` — approved orders → a venue (paper, Alpaca, Kite) → execution
+  reports, fills (a hand-written transactional loop, not a Quix app)
+- :mod:`streams.portfolio`, :mod:`streams.risk_metrics` — positions, equity, VaR, drawdown
+- :mod:`streams.account_view` — the account beyond one symbol, for the risk gate
 - :mod:`streams.sink_clickhouse` — every record topic → its ClickHouse table
 - :mod:`streams.runtime` — what every app is built on (:class:`StreamApp`: Avro topics,
   dead letters, consumer group and state dir per stage)
