@@ -13,6 +13,7 @@ Secrets are ``SecretStr``: they never show in ``repr``, logs or error messages; 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from decimal import Decimal
@@ -30,7 +31,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from core.errors import ConfigError
 
@@ -581,3 +582,19 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors(include_input=False, include_url=False):
             lines.append(f"  {env_name(err['loc'])}: {err['msg']}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+    except SettingsError as exc:
+        # pydantic-settings names only the section of a variable that is not JSON; find
+        # the variable (its value is never shown: it may be a secret).
+        bad = [name for name, value in sorted(os.environ.items()) if _bad_json(name, value)]
+        where = ", ".join(bad) if bad else str(exc)
+        raise ConfigError(f"invalid configuration:\n  {where}: not valid JSON") from None
+
+
+def _bad_json(name: str, value: str) -> bool:
+    if not name.startswith(ENV_PREFIX) or not value.lstrip().startswith(("[", "{")):
+        return False
+    try:
+        json.loads(value)
+    except ValueError:
+        return True
+    return False
