@@ -30,8 +30,9 @@ Events are reported for orders this process placed, looked up (:meth:`get_order`
 handed in :meth:`KiteBroker.restore`: a tag is a digest, so only a client order id we have
 seen maps back. (An order placed before :meth:`connect` loses nothing: the first poll
 reports its state.) A submit of a client order id this process already sent looks the
-order up first and returns it: Kite does not refuse a second order with the same tag. :meth:`open_orders` lists every tagged working order; one whose client
-order id is not known here is listed under its tag (compare with ``kite_tag(id)``).
+order up first and returns it: Kite does not refuse a second order with the same tag.
+:meth:`open_orders` lists every tagged working order; one whose client order id is not
+known here is listed under its tag (compare with ``kite_tag(id)``).
 """
 
 from __future__ import annotations
