@@ -286,6 +286,27 @@ class RiskLimits(_Section):
         "the most specific match wins per limit (symbol > strategy > account)",
     )
 
+    @model_validator(mode="after")
+    def _overrides_are_unambiguous(self) -> RiskLimits:
+        # Two rules of the same scope would be applied in list order: a silent choice.
+        seen: set[tuple[str, str, str]] = set()
+        for rule in self.overrides:
+            scope = (rule.account, rule.strategy, rule.symbol)
+            if scope in seen:
+                raise ValueError(
+                    f"overrides: two rules for account={rule.account} strategy={rule.strategy} "
+                    f"symbol={rule.symbol}; merge them into one"
+                )
+            seen.add(scope)
+            # Margin is what the venue holds against a position, and a position belongs to
+            # the account, not to the strategy that traded it.
+            if rule.strategy != "*" and rule.margin_rate is not None:
+                raise ValueError(
+                    f"overrides: margin_rate is set per account and symbol, not per strategy "
+                    f"(rule for strategy={rule.strategy})"
+                )
+        return self
+
     def resolved(self, account: str, strategy: str, symbol: str) -> RiskLimits:
         """The limits in force for one order: defaults, then every matching override from
         the least to the most specific."""

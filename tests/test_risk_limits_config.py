@@ -140,6 +140,23 @@ def test_an_explicit_wildcard_matches_like_an_omitted_name() -> None:
     assert limits.resolved("any", "thing", "TSLAX").max_order_quantity == D(100_000)
 
 
+def test_two_rules_of_the_same_scope_are_refused_not_applied_in_list_order() -> None:
+    rules = [
+        LimitOverride(account="desk-1", symbol="TSLA", max_position_value=D(1)),
+        LimitOverride(account="desk-1", symbol="TSLA", max_position_value=D(2)),
+    ]
+    with pytest.raises(ValueError, match="two rules for account=desk-1 strategy=\\* symbol=TSLA"):
+        RiskLimits(overrides=rules)
+
+
+def test_a_strategy_rule_cannot_set_the_margin_rate() -> None:
+    with pytest.raises(ValueError, match="margin_rate is set per account and symbol"):
+        RiskLimits(overrides=[LimitOverride(strategy="sma", margin_rate=D("0.9"))])
+    # per account and symbol it can
+    limits = RiskLimits(overrides=[LimitOverride(account="desk-1", margin_rate=D("0.9"))])
+    assert limits.resolved(*ORDER).margin_rate == D("0.9")
+
+
 def _value(name: str) -> st.SearchStrategy[Any]:
     if name == "max_orders_per_second":
         return st.integers(min_value=1, max_value=100)
@@ -179,6 +196,8 @@ def test_resolution_is_the_most_specific_setting_of_each_limit_in_any_order(
                 continue  # a rule naming nothing matches every order
             field = "symbol" if bits & 4 else "strategy" if bits & 2 else "account"
             names[field] = "other"
+        if bits & 2:  # margin is per account and symbol: a strategy rule may not set it
+            values = {n: v for n, v in values.items() if n != "margin_rate"}
         rules.append(LimitOverride(**names, **values))
         if matching:
             specificity = (4 if bits & 4 else 0) + (2 if bits & 2 else 0) + (1 if bits & 1 else 0)
