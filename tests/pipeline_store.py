@@ -10,7 +10,9 @@ The run is configured to exercise every table: short event-time bars and SMA win
 many crossovers, a notional limit between first entries and reversals makes the gate reject
 some orders, risk metrics run on a short cadence, and a few malformed records are produced
 to the order-requests topic before the stages start, so the consuming apps dead-letter them
-(``dlq.risk-gate``, ``dlq.sink-clickhouse``).
+(``dlq.risk-gate``, ``dlq.sink-clickhouse``), and an account nobody trades
+(CONTROL_ACCOUNT) is set REDUCING and then ACTIVE again with ``omniquant reduce-only`` /
+``resume``, so the control topic (trading states) has records too.
 
 Use it like the other helpers here (pytest puts ``tests/`` on ``sys.path``; there is no
 ``tests`` package): ``from pipeline_store import pipeline_store  # noqa: F401``.
@@ -35,7 +37,14 @@ from core.kafka import ensure_topics
 from core.topics import TopicNames
 from omniquant.stages import topic_catalog
 
-__all__ = ["MALFORMED_RECORDS", "RUN_SECONDS", "SYMBOLS", "PipelineStore", "pipeline_store"]
+__all__ = [
+    "CONTROL_ACCOUNT",
+    "MALFORMED_RECORDS",
+    "RUN_SECONDS",
+    "SYMBOLS",
+    "PipelineStore",
+    "pipeline_store",
+]
 
 RUN_SECONDS = 8
 RATE = 400.0  # trades per second, all symbols: ~3200 ticks
@@ -48,6 +57,9 @@ MALFORMED_RECORDS: tuple[bytes, ...] = (
     b"\xc3\x01" + b"\x01" * 8 + b"\x02",
     b'{"client_order_id": "json is not our wire format"}',
 )
+
+
+CONTROL_ACCOUNT = "desk-b"
 
 
 class PipelineStore(NamedTuple):
@@ -103,6 +115,18 @@ def _produce_malformed(kafka_bootstrap: str, redis_url: str, prefix: str, state_
     assert producer.flush(10) == 0, "malformed records were not delivered"
 
 
+def _cli(env: dict[str, str], *args: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "omniquant.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"omniquant {' '.join(args)}: {proc.stdout}{proc.stderr}"
+
+
 @pytest.fixture(scope="session")
 def pipeline_store(
     kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -113,6 +137,9 @@ def pipeline_store(
     prefix = f"ps{uuid.uuid4().hex[:8]}."
     env = pipeline_env(kafka_bootstrap, redis_url, prefix, state_dir, chdb_path)
     _produce_malformed(kafka_bootstrap, redis_url, prefix, state_dir)
+    reason = "pipeline_store fixture"
+    _cli(env, "reduce-only", "--account", CONTROL_ACCOUNT, "--reason", reason)
+    _cli(env, "resume", "--account", CONTROL_ACCOUNT, "--reason", reason)
     started = time.monotonic()
     proc = subprocess.run(
         [
