@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import abc
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError as DriverError
 
@@ -89,8 +90,21 @@ class ClickHouse(abc.ABC):
         """Run a SELECT (or SHOW/DESCRIBE) and return all rows."""
 
     @abc.abstractmethod
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        """Insert ``rows`` (values in ``columns`` order) into ``table`` (``db.table`` allowed)."""
+    def insert(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Insert ``rows`` (values in ``columns`` order) into ``table`` (``db.table`` allowed),
+        with per-insert ``settings`` (e.g. ``insert_deduplication_token``)."""
+
+    @abc.abstractmethod
+    def insert_arrow(
+        self, table: str, data: pa.Table, settings: Mapping[str, Any] | None = None
+    ) -> None:
+        """Insert a pyarrow table (its column names are the table's) as one INSERT."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -132,11 +146,27 @@ class _ConnectClickHouse(ClickHouse):
                 rows=[tuple(row) for row in result.result_rows],
             )
 
-    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def insert(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
         if not rows:
             return
         with self._errors(f"INSERT INTO {table} ({', '.join(columns)})"):
-            self._open().insert(table, data=rows, column_names=list(columns))
+            self._open().insert(
+                table, data=rows, column_names=list(columns), settings=dict(settings or {})
+            )
+
+    def insert_arrow(
+        self, table: str, data: pa.Table, settings: Mapping[str, Any] | None = None
+    ) -> None:
+        if data.num_rows == 0:
+            return
+        with self._errors(f"INSERT INTO {table} ({', '.join(data.column_names)}) FORMAT Arrow"):
+            self._open().insert_arrow(table, data, settings=dict(settings or {}))
 
     def close(self) -> None:
         client, self._client = self._client, None

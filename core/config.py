@@ -165,7 +165,23 @@ class ClickHouseSettings(_Section):
     chdb_path: Path | None = Field(
         default=None, description="chDB data directory. Unset: <state_dir>/clickhouse."
     )
-    batch_size: int = Field(default=5000, ge=1, description="rows per insert")
+    batch_size: int = Field(
+        default=50_000,
+        ge=1,
+        le=1_000_000,
+        description="the sink inserts after this many records or flush_interval_s",
+    )
+    flush_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="the sink inserts at least this often"
+    )
+    insert_threads: int = Field(
+        default=4, ge=1, le=32, description="tables the sink inserts into in parallel"
+    )
+    tick_ttl_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="drop raw ticks (trades, quotes) this many days after ingestion; unset: keep",
+    )
 
 
 class LimitOverride(_Section):

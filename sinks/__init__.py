@@ -1,5 +1,6 @@
 """Sinks: topics → ClickHouse (embedded chDB or a server)."""
 
-from sinks.clickhouse import TABLE_BY_TOPIC, ClickHouseSink, TableSpec, create_tables, table_specs
+from sinks.clickhouse import TABLE_BY_TOPIC, ClickHouseSink, TableSpec, table_specs
+from sinks.migrations import create_tables
 
 __all__ = ["TABLE_BY_TOPIC", "ClickHouseSink", "TableSpec", "create_tables", "table_specs"]

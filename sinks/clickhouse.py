@@ -1,36 +1,77 @@
-"""ClickHouse sink: every record topic lands in a table of database ``omniquant``.
+"""ClickHouse sink: every record topic and every dead-letter topic lands in a table.
 
-Tables are derived from the domain models, so a field added to a record appears as a column
-(``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` on start-up). Fixed-point fields become
-``Decimal64(9)`` (the same int64 at scale 1e-9 — exact), nanosecond timestamps stay ``Int64``
-with a ``DateTime64(9, 'UTC')`` alias column for humans and Grafana. Every row also records
-where it came from (topic, partition, offset): the tables are ``ReplacingMergeTree`` keyed
-on that, so a record written twice after a restart (at-least-once) collapses to one row.
+**Tables.** Derived from the domain models: fixed-point fields become ``Decimal64(9)`` (the
+same int64 at scale 1e-9, exact), nanosecond timestamps stay ``Int64`` with a
+``DateTime64(9, 'UTC')`` alias column (``event_time``, ``init_time``) for humans and Grafana.
+Every row also records where it came from: ``_topic, _partition, _offset,
+_kafka_timestamp_ms`` and ``_ingested_at``. Engines are plain ``MergeTree`` (never
+Replacing: rows of two namespaces replaying the same ticks are different rows, and nothing is
+collapsed by a merge), ``PARTITION BY toYYYYMM(event time)``, ``ORDER BY (_topic, <how the
+table is read>)`` — symbol then event time for market data, account then event time for the
+order flow and the books (:data:`ORDER_BY`). Symbols, venues, accounts and enums are
+``LowCardinality``; timestamps are ``DoubleDelta``/``Delta`` + ``ZSTD``, prices ``ZSTD``.
+Raw ticks (trades, quotes) can expire ``tick_ttl_days`` after they were *ingested* (not after
+their event time: a replay of 2013 ticks would be deleted on arrival).
+
+**Exactly once without FINAL.** The sink is one Quix :class:`BatchingSink` for all topics.
+Quix flushes it before committing offsets (``Checkpoint.commit``: sinks, then producer, then
+offsets), so an offset is committed only after ClickHouse acknowledged its row. A flush writes
+one INSERT per table, the tables in parallel from a thread pool (one client per thread). Each
+INSERT carries an ``insert_deduplication_token`` derived from its topics, partitions and
+offset ranges, and the tables keep the last ``non_replicated_deduplication_window`` tokens,
+so the same batch inserted twice is stored once. Batch boundaries after a crash differ from
+those before it, so before inserting, the sink asks the table which of the batch's offsets
+it already holds (same topic, partition, offset and Kafka timestamp) and leaves those out:
+records inserted but not committed before a SIGKILL are not stored twice.
+
+**Backpressure, not loss.** A failed INSERT (a server gone away, a timeout) raises
+:class:`SinkBackpressureError`: Quix drops the batch, pauses the partitions, seeks back to the
+last committed offsets and retries after ``retry_after`` (1 s doubling to 30 s), so the same
+records come again and nothing is skipped.
+
+**Schema evolution.** :mod:`sinks.migrations` holds the versioned layout migrations; a field
+added to a record becomes a column (``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``) at start-up
+and also while the sink runs, when it finds a model column missing from its table.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import threading
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from pydantic import BaseModel
 from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
 from core.clickhouse import ClickHouse
-from core.errors import OmniquantError
+from core.errors import ClickHouseError
 from core.metrics import SINK_ROWS
 from schemas.fixedpoint import from_fixed
 from schemas.models import MODEL_BY_AVRO_NAME, FixedPointField, Record, TimestampNsField
 
+__all__ = [
+    "DEAD_LETTERS_TABLE",
+    "ORDER_BY",
+    "TABLE_BY_TOPIC",
+    "ClickHouseSink",
+    "DeadLetterTable",
+    "TableSpec",
+    "table_specs",
+]
+
 log = logging.getLogger(__name__)
 
-# topic (logical name) → table
+# topic (logical name) → table. Grafana dashboards query these names: keep them.
 TABLE_BY_TOPIC: dict[str, str] = {
     "market.trades": "trades",
     "market.quotes": "quotes",
@@ -49,37 +90,114 @@ TABLE_BY_TOPIC: dict[str, str] = {
     "control": "control_events",
 }
 
+# table → sorting key after `_topic` (how the table is read: one namespace, then ...).
+ORDER_BY: dict[str, tuple[str, ...]] = {
+    "trades": ("symbol", "ts_event"),
+    "quotes": ("symbol", "ts_event"),
+    "bars": ("symbol", "interval_ms", "ts_event"),
+    "late_trades": ("symbol", "ts_event"),
+    "signals": ("strategy_id", "symbol", "ts_event"),
+    "order_requests": ("account", "ts_event"),
+    "risk_decisions": ("account", "ts_event"),
+    "approved_orders": ("account", "ts_event"),
+    "execution_reports": ("account", "ts_event"),
+    "fills": ("account", "ts_event"),
+    "positions": ("account", "symbol", "ts_event"),
+    "portfolio": ("account", "ts_event"),
+    "risk_metrics": ("scope", "metric", "ts_event"),
+    "alerts": ("source", "ts_event"),
+    "control_events": ("scope", "ts_event"),
+}
+# Tables of raw ticks, the ones ClickHouseSettings.tick_ttl_days applies to.
+RAW_TICK_TABLES = frozenset({"trades", "quotes"})
+DEAD_LETTERS_TABLE = "dead_letters"
+# Recent insert tokens each table remembers (one insert per table per flush, ~1 s).
+DEDUPLICATION_WINDOW = 1000
+
 _LOW_CARDINALITY = {"symbol", "venue", "source", "account", "strategy_id", "metric", "scope"}
 _META_COLUMNS = (
     ("_topic", "LowCardinality(String)"),
     ("_partition", "UInt32"),
-    ("_offset", "UInt64"),
-    ("_kafka_timestamp_ms", "Int64"),
-    ("_ingested_at", "DateTime64(3, 'UTC') DEFAULT now64(3)"),
+    ("_offset", "UInt64 CODEC(Delta, ZSTD(1))"),
+    ("_kafka_timestamp_ms", "Int64 CODEC(Delta, ZSTD(1))"),
+    ("_ingested_at", "DateTime64(3, 'UTC') DEFAULT now64(3) CODEC(Delta, ZSTD(1))"),
 )
+_INSERTED_META = ("_topic", "_partition", "_offset", "_kafka_timestamp_ms")
+# A skip index on the offset: the restart check reads only the granules of recent offsets.
+_OFFSET_INDEX = "INDEX _offset_minmax _offset TYPE minmax GRANULARITY 1"
+_DECIMAL = pa.decimal128(18, 9)
+_MISSING_COLUMN = ("NO_SUCH_COLUMN_IN_TABLE", "THERE_IS_NO_COLUMN", "No such column")
+
+# One sink item as the tables see it: (value, key, timestamp ms, headers, offset) + origin.
+Items = Sequence[tuple[str, int, Sequence[Any]]]  # (topic, partition, SinkItems)
 
 
 @dataclass(frozen=True, slots=True)
 class Column:
+    """A table column: its ClickHouse type (with codec) and how values become Arrow."""
+
     name: str
     ch_type: str
-    convert: typing.Callable[[Any], Any]
+    kind: str  # fixed | int | bool | str | strlist | map | json
+    codec: str = ""
+
+    @property
+    def ddl(self) -> str:
+        return f"`{self.name}` {self.ch_type}{f' CODEC({self.codec})' if self.codec else ''}"
+
+    def arrow(self, values: list[Any]) -> pa.Array:
+        kind = self.kind
+        if kind == "fixed":
+            return decimal_array(values)
+        if kind == "int":
+            return pa.array(values, pa.int64())
+        if kind == "bool":
+            return pa.array(values, pa.bool_())
+        if kind == "str":
+            return pa.array([_text(v) for v in values], pa.string())
+        if kind == "strlist":
+            return pa.array(values, pa.list_(pa.string()))
+        if kind == "map":
+            return pa.array(values, pa.map_(pa.string(), pa.string()))
+        return pa.array([_json(v) for v in values], pa.string())
+
+    def python(self, value: Any) -> Any:
+        """The value as clickhouse-connect's row insert takes it (exact Decimal for money)."""
+        if self.kind == "fixed":
+            return None if value is None else from_fixed(value)
+        if self.kind == "str":
+            return _text(value)
+        if self.kind == "json":
+            return _json(value)
+        return value
 
 
-def _identity(value: Any) -> Any:
-    return value
+def _text(value: Any) -> Any:
+    return value.value if isinstance(value, StrEnum) else value
 
 
-def _fixed(value: Any) -> Any:
-    return None if value is None else from_fixed(value)
-
-
-def _enum(value: Any) -> Any:
-    return None if value is None else str(value.value if isinstance(value, StrEnum) else value)
-
-
-def _json(value: Any) -> Any:
+def _json(value: Any) -> str:
+    if isinstance(value, list):
+        value = [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
     return json.dumps(value, default=str, separators=(",", ":"))
+
+
+def decimal_array(values: list[int | None]) -> pa.Array:
+    """int64 fixed-point values (scale 1e-9) → Arrow decimal128(18, 9), without Decimals.
+
+    The 16-byte little-endian two's complement of each value is the int64 and its sign.
+    """
+    ints = pa.array(values, pa.int64())
+    n = len(ints)
+    plain = ints.fill_null(0).to_numpy(zero_copy_only=False) if ints.null_count else ints
+    low = np.asarray(plain, dtype=np.int64)
+    words = np.empty(2 * n, dtype=np.int64)
+    words[0::2] = low
+    words[1::2] = low >> 63
+    validity = ints.buffers()[0] if ints.null_count else None
+    return pa.Array.from_buffers(
+        _DECIMAL, n, [validity, pa.py_buffer(words)], null_count=ints.null_count
+    )
 
 
 def _column(name: str, annotation: Any, metadata: Sequence[Any]) -> Column:
@@ -95,39 +213,105 @@ def _column(name: str, annotation: Any, metadata: Sequence[Any]) -> Column:
         annotated = typing.get_args(annotation)
         annotation, metadata = annotated[0], [*metadata, *annotated[1:]]
         origin = typing.get_origin(annotation)
-    convert: typing.Callable[[Any], Any] = _identity
+    codec = ""
     if any(isinstance(m, FixedPointField) for m in metadata):
-        ch, convert = "Decimal64(9)", _fixed
+        ch, kind, codec = "Decimal64(9)", "fixed", "ZSTD(1)"
     elif any(isinstance(m, TimestampNsField) for m in metadata):
-        ch = "Int64"
+        # ts_event is in every sorting key, so it rises within a key: DoubleDelta.
+        ch, kind = "Int64", "int"
+        codec = "DoubleDelta, ZSTD(1)" if name == "ts_event" else "Delta, ZSTD(1)"
     elif isinstance(annotation, type) and issubclass(annotation, StrEnum):
-        ch, convert = "LowCardinality(String)", _enum
+        ch, kind = "LowCardinality(String)", "str"
     elif annotation is bool:
-        ch = "Bool"
+        ch, kind = "Bool", "bool"
     elif annotation is int:
-        ch = "Int64"
+        ch, kind = "Int64", "int"
     elif annotation is str:
-        ch = "LowCardinality(String)" if name in _LOW_CARDINALITY else "String"
+        ch, kind = ("LowCardinality(String)" if name in _LOW_CARDINALITY else "String"), "str"
     elif origin is list and typing.get_args(annotation) == (str,):
-        return Column(name, "Array(String)", _identity)
+        return Column(name, "Array(String)", "strlist")
     elif origin is dict:
-        return Column(name, "Map(String, String)", _identity)
+        return Column(name, "Map(String, String)", "map")
     elif origin is list:  # list of nested records (risk checks): kept whole as JSON
-        return Column(name, "String", _json)
+        return Column(name, "String", "json")
     else:
         raise TypeError(f"no ClickHouse type for field {name}: {annotation!r}")
-    if nullable and not ch.startswith("LowCardinality"):
-        ch = f"Nullable({ch})"
-    elif nullable:
+    if nullable and ch.startswith("LowCardinality"):
         ch = "LowCardinality(Nullable(String))"
-    return Column(name, ch, convert)
+    elif nullable:
+        ch = f"Nullable({ch})"
+    return Column(name, ch, kind, codec)
 
 
-@dataclass(frozen=True, slots=True)
-class TableSpec:
+class AuditTable:
+    """What every sink table has: columns, the layout, and Arrow batches of sink items."""
+
     table: str
-    model: type[Record]
     columns: tuple[Column, ...]
+    order_by: tuple[str, ...]
+    partition_by: str
+    raw_ticks: bool = False
+
+    def create_sql(
+        self, database: str, *, name: str | None = None, tick_ttl_days: int | None = None
+    ) -> str:
+        cols = [c.ddl for c in self.columns]
+        cols += [f"`{n}` {ch}" for n, ch in _META_COLUMNS]
+        cols += self.alias_columns()
+        cols.append(_OFFSET_INDEX)
+        ttl = self.ttl(tick_ttl_days)
+        return (
+            f"CREATE TABLE IF NOT EXISTS `{database}`.`{name or self.table}` (\n  "
+            + ",\n  ".join(cols)
+            + "\n) ENGINE = MergeTree"
+            + f"\nPARTITION BY {self.partition_by}"
+            + f"\nORDER BY ({', '.join(self.sorting_key)})"
+            + (f"\nTTL {ttl}" if ttl else "")
+            + f"\nSETTINGS non_replicated_deduplication_window = {DEDUPLICATION_WINDOW}"
+        )
+
+    @property
+    def sorting_key(self) -> tuple[str, ...]:
+        return ("_topic", *self.order_by)
+
+    def alias_columns(self) -> list[str]:
+        return []
+
+    def ttl(self, tick_ttl_days: int | None) -> str | None:
+        if not self.raw_ticks or tick_ttl_days is None:
+            return None
+        return f"toDateTime(_ingested_at) + toIntervalDay({int(tick_ttl_days)})"
+
+    def add_column_sql(self, database: str, column: Column) -> str:
+        return f"ALTER TABLE `{database}`.`{self.table}` ADD COLUMN IF NOT EXISTS {column.ddl}"
+
+    def arrow(self, items: Items) -> pa.Table:
+        """One Arrow table of the batches' records: the columns, then the meta columns."""
+        flat = [(t, p, it) for t, p, batch in items for it in batch]
+        data = self.arrow_columns([it for _, _, it in flat])
+        data["_topic"] = pa.array([t for t, _, _ in flat], pa.string())
+        data["_partition"] = pa.array([p for _, p, _ in flat], pa.uint32())
+        data["_offset"] = pa.array([it.offset for _, _, it in flat], pa.uint64())
+        data["_kafka_timestamp_ms"] = pa.array([it.timestamp for _, _, it in flat], pa.int64())
+        return pa.table(data)
+
+    def arrow_columns(self, items: list[Any]) -> dict[str, pa.Array]:
+        raise NotImplementedError
+
+
+class TableSpec(AuditTable):
+    """The table of one record topic, its columns derived from the record's model."""
+
+    def __init__(self, table: str, model: type[Record], columns: tuple[Column, ...]) -> None:
+        self.table = table
+        self.model = model
+        self.columns = columns
+        self.order_by = ORDER_BY.get(table, ("ts_event",))
+        self.partition_by = "toYYYYMM(fromUnixTimestamp64Nano(ts_event))"
+        self.raw_ticks = table in RAW_TICK_TABLES
+
+    def __repr__(self) -> str:
+        return f"TableSpec({self.table}, {self.model.__name__})"
 
     @classmethod
     def for_model(cls, table: str, model: type[Record]) -> TableSpec:
@@ -137,36 +321,24 @@ class TableSpec:
         )
         return cls(table, model, columns)
 
-    def order_by(self) -> str:
-        # Nullable columns cannot be in a MergeTree sorting key.
-        names = {c.name for c in self.columns if "Nullable" not in c.ch_type}
-        key = [n for n in ("symbol", "account", "scope", "ts_event") if n in names]
-        return ", ".join([*key, "_partition", "_offset"])
+    def alias_columns(self) -> list[str]:
+        names = {c.name for c in self.columns}
+        out = []
+        if "ts_event" in names:
+            out.append("`event_time` DateTime64(9, 'UTC') ALIAS fromUnixTimestamp64Nano(ts_event)")
+        if "ts_init" in names:
+            out.append("`init_time` DateTime64(9, 'UTC') ALIAS fromUnixTimestamp64Nano(ts_init)")
+        return out
 
-    def create_sql(self, database: str) -> str:
-        cols = [f"`{c.name}` {c.ch_type}" for c in self.columns]
-        cols += [f"`{name}` {ch}" for name, ch in _META_COLUMNS]
-        if any(c.name == "ts_event" for c in self.columns):
-            cols.append("`event_time` DateTime64(9, 'UTC') ALIAS fromUnixTimestamp64Nano(ts_event)")
-        if any(c.name == "ts_init" for c in self.columns):
-            cols.append("`init_time` DateTime64(9, 'UTC') ALIAS fromUnixTimestamp64Nano(ts_init)")
-        return (
-            f"CREATE TABLE IF NOT EXISTS `{database}`.`{self.table}` (\n  "
-            + ",\n  ".join(cols)
-            + f"\n) ENGINE = ReplacingMergeTree ORDER BY ({self.order_by()})"
-        )
-
-    def migrate_sql(self, database: str) -> list[str]:
-        """Columns added to the model since the table was created."""
-        return [
-            f"ALTER TABLE `{database}`.`{self.table}` ADD COLUMN IF NOT EXISTS "
-            f"`{c.name}` {c.ch_type}"
-            for c in self.columns
+    def arrow_columns(self, items: list[Any]) -> dict[str, pa.Array]:
+        values = [
+            it.value.model_dump() if isinstance(it.value, BaseModel) else it.value for it in items
         ]
+        return {c.name: c.arrow([v.get(c.name) for v in values]) for c in self.columns}
 
     @property
     def column_names(self) -> list[str]:
-        return [c.name for c in self.columns] + [name for name, _ in _META_COLUMNS[:-1]]
+        return [c.name for c in self.columns] + list(_INSERTED_META)
 
     def row(
         self,
@@ -176,13 +348,92 @@ class TableSpec:
         offset: int,
         timestamp_ms: int,
     ) -> list[Any]:
+        """One row in :attr:`column_names` order (for clickhouse-connect's row insert)."""
         data = value.model_dump() if isinstance(value, BaseModel) else value
-        return [c.convert(data.get(c.name)) for c in self.columns] + [
+        return [c.python(data.get(c.name)) for c in self.columns] + [
             topic,
             partition,
             offset,
             timestamp_ms,
         ]
+
+
+class DeadLetterTable(AuditTable):
+    """``dead_letters``: every ``dlq.*`` topic, the original bytes and the error headers
+    (``streams.runtime.DeadLetters`` writes them). Count by ``app`` (the stage), ``stage``
+    (deserialize or process) and ``error_class``."""
+
+    _HEADERS = {
+        "app": "dlq.app",
+        "stage": "dlq.stage",
+        "error_class": "dlq.error.class",
+        "error_message": "dlq.error.message",
+        "original_topic": "dlq.original.topic",
+        "original_partition": "dlq.original.partition",
+        "original_offset": "dlq.original.offset",
+        "original_timestamp_ms": "dlq.original.timestamp",
+    }
+
+    def __init__(self) -> None:
+        self.table = DEAD_LETTERS_TABLE
+        self.columns = (
+            Column("app", "LowCardinality(String)", "str"),
+            Column("stage", "LowCardinality(String)", "str"),
+            Column("error_class", "LowCardinality(String)", "str"),
+            Column("error_message", "String", "str", "ZSTD(1)"),
+            Column("original_topic", "LowCardinality(String)", "str"),
+            Column("original_partition", "Nullable(Int32)", "int"),
+            Column("original_offset", "Nullable(Int64)", "int"),
+            Column("original_timestamp_ms", "Nullable(Int64)", "int"),
+            Column("key", "Nullable(String)", "str", "ZSTD(1)"),
+            Column("value", "String", "str", "ZSTD(1)"),
+            Column("headers", "Map(String, String)", "map"),
+        )
+        self.order_by = ("app", "error_class", "_kafka_timestamp_ms")
+        self.partition_by = "toYYYYMM(fromUnixTimestamp64Milli(_kafka_timestamp_ms))"
+
+    def alias_columns(self) -> list[str]:
+        return [
+            "`written_at` DateTime64(3, 'UTC') ALIAS fromUnixTimestamp64Milli(_kafka_timestamp_ms)"
+        ]
+
+    def arrow_columns(self, items: list[Any]) -> dict[str, pa.Array]:
+        rows = [self._fields(it) for it in items]
+        out: dict[str, pa.Array] = {}
+        for name, header in self._HEADERS.items():
+            values = [r[0].get(header) for r in rows]
+            if name.startswith("original_") and name != "original_topic":
+                out[name] = pa.array([_int_or_none(v) for v in values], pa.int64())
+            else:
+                out[name] = pa.array([v or "" for v in values], pa.string())
+        out["key"] = pa.array([_binary(it.key) for it in items], pa.binary())
+        out["value"] = pa.array([_binary(it.value) or b"" for it in items], pa.binary())
+        out["headers"] = pa.array([r[1] for r in rows], pa.map_(pa.string(), pa.string()))
+        return out
+
+    @staticmethod
+    def _fields(item: Any) -> tuple[dict[str, str], dict[str, str]]:
+        dlq: dict[str, str] = {}
+        other: dict[str, str] = {}
+        for key, value in item.headers or []:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+            (dlq if key.startswith("dlq.") else other)[key] = text
+        return dlq, other
+
+
+def _int_or_none(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None  # "None": the record had no origin (e.g. a feed frame)
+
+
+def _binary(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8")
 
 
 def table_specs() -> dict[str, TableSpec]:
@@ -197,41 +448,218 @@ def table_specs() -> dict[str, TableSpec]:
     return result
 
 
-def create_tables(client: ClickHouse, database: str) -> list[str]:
-    """Create the database and every table (idempotent); return the table names."""
-    client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-    tables = []
-    for item in table_specs().values():
-        client.command(item.create_sql(database))
-        for sql in item.migrate_sql(database):
-            client.command(sql)
-        tables.append(item.table)
-    return tables
+def _token(table: str, items: Items) -> str:
+    """insert_deduplication_token: the table, each partition's offset range and a digest of
+    its (offset, timestamp) pairs, so equal offsets of a recreated topic do not collide."""
+    digest = hashlib.blake2b(digest_size=12)
+    ranges = []
+    for topic, partition, batch in items:
+        offsets = np.fromiter((it.offset for it in batch), dtype=np.int64, count=len(batch))
+        stamps = np.fromiter((it.timestamp for it in batch), dtype=np.int64, count=len(batch))
+        digest.update(offsets.tobytes())
+        digest.update(stamps.tobytes())
+        ranges.append(f"{topic}:{partition}:{offsets[0]}-{offsets[-1]}:{len(batch)}")
+    text = f"{table}|{'|'.join(sorted(ranges))}"
+    if len(text) > 200:
+        text = text[:160] + "…"
+    return f"{text}#{digest.hexdigest()}"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class ClickHouseSink(BatchingSink):
-    """Writes one topic's records to one table, a batch per checkpoint per partition."""
+    """Writes every topic's records to its table; one INSERT per table per flush, the
+    tables in parallel (see the module docstring for the guarantees).
 
-    def __init__(self, client: ClickHouse, database: str, table: TableSpec) -> None:
+    ``connect`` opens a client; each worker thread opens its own. ``tables`` maps the
+    physical topic names this sink is given to their tables.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], ClickHouse],
+        database: str,
+        tables: dict[str, AuditTable],
+        *,
+        threads: int = 4,
+        max_retry_after: float = 30.0,
+    ) -> None:
         super().__init__()
-        self._client = client
+        self._connect = connect
         self._database = database
-        self._table = table
+        self._tables = dict(tables)
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, min(threads, len({t.table for t in tables.values()}))),
+            thread_name_prefix="ch-insert",
+        )
+        self._local = threading.local()
+        self._clients: list[ClickHouse] = []
+        self._lock = threading.Lock()
+        self._known_columns: dict[str, set[str]] = {}
+        self._failures = 0
+        self._max_retry_after = max_retry_after
+
+    # ---- Quix entry points ------------------------------------------------------------
+    def flush(self) -> None:
+        """Insert every table's batch (in parallel); pause on a ClickHouse failure."""
+        try:
+            by_table: dict[str, tuple[AuditTable, list[SinkBatch]]] = {}
+            for batch in self._batches.values():
+                if batch.empty():
+                    continue
+                table = self._tables[batch.topic]
+                by_table.setdefault(table.table, (table, []))[1].append(batch)
+            if not by_table:
+                return
+            futures: list[Future[None]] = [
+                self._pool.submit(self._write_table, table, batches)
+                for table, batches in by_table.values()
+            ]
+            self._settle(futures)
+        finally:
+            self._batches.clear()
 
     def write(self, batch: SinkBatch) -> None:
-        rows = [
-            self._table.row(item.value, batch.topic, batch.partition, item.offset, item.timestamp)
-            for item in batch
-        ]
-        if not rows:
-            return
-        try:
-            self._client.insert(
-                f"{self._database}.{self._table.table}", self._table.column_names, rows
+        """One topic partition's batch (BatchingSink's hook; :meth:`flush` batches tables)."""
+        future = self._pool.submit(self._write_table, self._tables[batch.topic], [batch])
+        self._settle([future])
+
+    def close(self) -> None:
+        """Stop the worker threads and close their clients."""
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+
+    # ---- internals --------------------------------------------------------------------
+    def _settle(self, futures: Iterable[Future[None]]) -> None:
+        failures: list[ClickHouseError] = []
+        crash: BaseException | None = None
+        for future in futures:
+            try:
+                future.result()
+            except ClickHouseError as exc:
+                failures.append(exc)
+            except BaseException as exc:  # a bug: stop without committing
+                crash = crash or exc
+        if crash is not None:
+            raise crash
+        if failures:
+            self._failures += 1
+            retry_after = min(self._max_retry_after, 2.0 ** (self._failures - 1))
+            log.warning(
+                "ClickHouse insert failed: pausing, the batch comes again",
+                extra={"error": str(failures[0])[:300], "retry_after_s": retry_after},
             )
-        except OmniquantError as exc:
-            # A server hiccup must not lose the batch: Quix pauses the partition and
-            # retries the same batch after the back-off.
-            log.warning("insert failed, retrying batch", extra={"error": str(exc)})
-            raise SinkBackpressureError(retry_after=2.0) from exc
-        SINK_ROWS.labels(self._table.table).inc(len(rows))
+            raise SinkBackpressureError(retry_after=retry_after) from failures[0]
+        self._failures = 0
+
+    def _client(self) -> ClickHouse:
+        client: ClickHouse | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._connect()
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def _drop_client(self) -> None:
+        client: ClickHouse | None = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None:
+            with self._lock:
+                if client in self._clients:
+                    self._clients.remove(client)
+            client.close()
+
+    def _write_table(self, table: AuditTable, batches: list[SinkBatch]) -> None:
+        try:
+            client = self._client()
+            self._ensure_columns(client, table)
+            items = self._not_yet_stored(client, table, batches)
+            if not items:
+                return
+            data = table.arrow(items)
+            settings = {"insert_deduplication_token": _token(table.table, items)}
+            name = f"`{self._database}`.`{table.table}`"
+            try:
+                client.insert_arrow(name, data, settings)
+            except ClickHouseError as exc:
+                if not any(m in str(exc) for m in _MISSING_COLUMN):
+                    raise
+                # The table lost a column or never had it (changed under us): add, retry.
+                self._known_columns.pop(table.table, None)
+                self._ensure_columns(client, table)
+                client.insert_arrow(name, data, settings)
+        except ClickHouseError:
+            self._drop_client()  # a fresh connection next time
+            raise
+        self._inserted(table.table, data.num_rows)
+
+    def _inserted(self, table: str, rows: int) -> None:
+        """ClickHouse acknowledged ``rows`` (offsets are not committed yet)."""
+        SINK_ROWS.labels(table).inc(rows)
+
+    def _ensure_columns(self, client: ClickHouse, table: AuditTable) -> None:
+        """Add model columns missing from the table (a record that gained a field)."""
+        if table.table in self._known_columns:
+            return
+        result = client.query(
+            "SELECT name FROM system.columns "
+            f"WHERE database = {_quote(self._database)} AND table = {_quote(table.table)}"
+        )
+        present = {row[0] for row in result.rows}
+        for column in table.columns:
+            if column.name not in present:
+                log.info(
+                    "adding a column the table lacks",
+                    extra={"table": table.table, "column": column.name},
+                )
+                client.command(table.add_column_sql(self._database, column))
+                present.add(column.name)
+        self._known_columns[table.table] = present
+
+    def _not_yet_stored(
+        self, client: ClickHouse, table: AuditTable, batches: list[SinkBatch]
+    ) -> list[tuple[str, int, list[Any]]]:
+        """The batches' records less those the table already holds (a replay after a
+        crash between insert and commit). Bounded: only the batches' offset ranges."""
+        ranges = []
+        for batch in batches:
+            items = list(batch)
+            ranges.append((batch.topic, batch.partition, items))
+        where = " OR ".join(
+            f"(_topic = {_quote(t)} AND _partition = {p} "
+            f"AND _offset BETWEEN {items[0].offset} AND {items[-1].offset})"
+            for t, p, items in ranges
+        )
+        stored = client.query(
+            "SELECT _topic, _partition, _offset, _kafka_timestamp_ms "
+            f"FROM `{self._database}`.`{table.table}` WHERE {where}"
+        ).rows
+        if not stored:
+            return ranges
+        have = {(t, p, o): ts for t, p, o, ts in stored}
+        out = []
+        skipped = clashes = 0
+        for topic, partition, items in ranges:
+            kept = []
+            for item in items:
+                ts = have.get((topic, partition, item.offset))
+                if ts is None:
+                    kept.append(item)
+                elif ts == item.timestamp:
+                    skipped += 1
+                else:  # same offset, another record: a recreated topic. Keep it.
+                    clashes += 1
+                    kept.append(item)
+            if kept:
+                out.append((topic, partition, kept))
+        log.info(
+            "records already in ClickHouse left out (replay after a restart)",
+            extra={"table": table.table, "skipped": skipped, "offset_clashes": clashes},
+        )
+        return out

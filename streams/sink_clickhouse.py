@@ -1,25 +1,73 @@
-"""The ClickHouse sink app: every record topic of the catalog → its table."""
+"""The ClickHouse sink app: every record topic of the catalog → its table, and every
+dead-letter topic of the namespace (``<prefix>dlq.*``, found on the broker at start) →
+``dead_letters``.
+
+One :class:`sinks.clickhouse.ClickHouseSink` takes every topic, so one checkpoint flushes
+them together: each table gets one INSERT per checkpoint, the tables in parallel. A
+checkpoint ends after ``clickhouse.flush_interval_s`` (1 s) or ``clickhouse.batch_size``
+records (50k), whichever comes first; offsets are committed only after the inserts.
+"""
 
 from __future__ import annotations
 
-from core.clickhouse import connect_clickhouse
+from typing import Any
+
+from quixstreams.dataframe import StreamingDataFrame
+
+from core.clickhouse import ClickHouse, connect_clickhouse
 from core.config import Settings
-from sinks.clickhouse import ClickHouseSink, create_tables, table_specs
+from core.kafka import admin_client
+from sinks.clickhouse import AuditTable, ClickHouseSink, DeadLetterTable, table_specs
+from sinks.migrations import migrate
 from streams.runtime import StreamApp
 
 
-def build(settings: Settings, name: str) -> StreamApp:
+def _commit_every(stream: StreamApp, records: int) -> None:
+    """Bound a checkpoint by records too (Quix's ``commit_every``; StreamApp does not pass
+    it through, so it is set on the processing context before the app runs)."""
+    context: Any = getattr(stream.app, "_processing_context", None)
+    if context is None or not hasattr(context, "commit_every"):
+        raise RuntimeError("quixstreams changed: cannot bound the sink's checkpoint size")
+    context.commit_every = records
+
+
+def dead_letter_topics(settings: Settings) -> list[str]:
+    """The namespace's dead-letter topics that exist on the broker."""
+    prefix = f"{settings.topic_prefix}dlq."
+    topics = admin_client(settings).list_topics(timeout=30).topics
+    return sorted(name for name in topics if name.startswith(prefix))
+
+
+def build(settings: Settings, name: str) -> tuple[StreamApp, ClickHouseSink]:
     """The app under the stage name the registry gives it (its group and dead letters)."""
-    # Larger commit interval: fewer, bigger inserts (ClickHouse prefers batches).
-    stream = StreamApp(settings, name, commit_interval=2.0)
-    client = connect_clickhouse(settings)
-    database = settings.clickhouse.database
-    create_tables(client, database)
+    conf = settings.clickhouse
+    stream = StreamApp(settings, name, commit_interval=conf.flush_interval_s)
+    _commit_every(stream, conf.batch_size)
+    with connect_clickhouse(settings) as client:
+        migrate(client, conf.database, tick_ttl_days=conf.tick_ttl_days)
+    tables: dict[str, AuditTable] = {}
+    frames: list[StreamingDataFrame] = []
     for logical, table in table_specs().items():
-        sdf = stream.dataframe(logical)
-        sdf.sink(ClickHouseSink(client, database, table))
-    return stream
+        frames.append(stream.dataframe(logical))
+        tables[stream.names.name(logical)] = table
+    dead_letters = DeadLetterTable()
+    for topic_name in dead_letter_topics(settings):
+        topic = stream.app.topic(topic_name, key_deserializer="bytes", value_deserializer="bytes")
+        frames.append(stream.app.dataframe(topic))
+        tables[topic_name] = dead_letters
+
+    def connect() -> ClickHouse:
+        return connect_clickhouse(settings)
+
+    sink = ClickHouseSink(connect, conf.database, tables, threads=conf.insert_threads)
+    for sdf in frames:
+        sdf.sink(sink)
+    return stream, sink
 
 
 def run(settings: Settings, *, name: str) -> None:
-    build(settings, name).run()
+    stream, sink = build(settings, name)
+    try:
+        stream.run()
+    finally:
+        sink.close()

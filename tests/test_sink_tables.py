@@ -1,4 +1,5 @@
-"""ClickHouse tables are derived from the records: exact decimals, every field a column."""
+"""ClickHouse tables are derived from the records: exact decimals, every field a column, a
+layout for how each table is read."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 
 from core.topics import RECORD_TOPICS
 from schemas.models import Fill, LiquiditySide, RiskCheck, RiskDecision, Side
-from sinks.clickhouse import TABLE_BY_TOPIC, create_tables, table_specs
+from sinks import create_tables
+from sinks.clickhouse import ORDER_BY, TABLE_BY_TOPIC, table_specs
 
 
 def test_every_record_topic_has_a_table() -> None:
@@ -25,6 +27,27 @@ def test_fixed_point_fields_become_decimal64_9_and_timestamps_int64() -> None:
     assert fills["side"] == "LowCardinality(String)"
     decisions = {c.name: c.ch_type for c in table_specs()["risk.decisions"].columns}
     assert decisions["checks"] == "String"  # nested records kept whole as JSON
+
+
+def test_every_table_is_plain_mergetree_keyed_by_namespace_then_how_it_is_read() -> None:
+    specs = {s.table: s for s in table_specs().values()}
+    assert set(ORDER_BY) == set(specs)
+    for name, spec in specs.items():
+        sql = spec.create_sql("db")
+        assert "ENGINE = MergeTree\n" in sql, name
+        assert "PARTITION BY toYYYYMM(fromUnixTimestamp64Nano(ts_event))" in sql
+        assert "non_replicated_deduplication_window = 1000" in sql
+        assert spec.sorting_key[0] == "_topic"
+        assert "ts_event" in spec.sorting_key
+    assert specs["trades"].sorting_key == ("_topic", "symbol", "ts_event")
+    assert specs["fills"].sorting_key == ("_topic", "account", "ts_event")
+    cols = {c.name: c for c in specs["trades"].columns}
+    assert cols["ts_event"].codec == "DoubleDelta, ZSTD(1)"
+    assert cols["price"].codec == "ZSTD(1)"
+    assert cols["symbol"].ch_type == "LowCardinality(String)"
+    assert "TTL" not in specs["trades"].create_sql("db")
+    assert "toIntervalDay(3)" in specs["trades"].create_sql("db", tick_ttl_days=3)
+    assert "TTL" not in specs["fills"].create_sql("db", tick_ttl_days=3)
 
 
 def test_row_conversion_is_exact() -> None:
@@ -57,6 +80,7 @@ def test_tables_are_created_in_chdb_and_hold_exact_values(chdb_dir) -> None:
     try:
         tables = create_tables(client, "omniquant")
         assert create_tables(client, "omniquant") == tables  # idempotent
+        assert "dead_letters" in tables
         spec = table_specs()["risk.decisions"]
         decision = RiskDecision(
             decision_id="d",
