@@ -182,6 +182,12 @@ class ClickHouseSettings(_Section):
         ge=1,
         description="drop raw ticks (trades, quotes) this many days after ingestion; unset: keep",
     )
+    sink_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Kafka group.instance.id of the sink (static membership): a restarted "
+        "sink gets its partitions back at once, not after the session timeout. One per replica",
+    )
 
 
 class LimitOverride(_Section):

@@ -41,7 +41,8 @@ def dead_letter_topics(settings: Settings) -> list[str]:
 def build(settings: Settings, name: str) -> tuple[StreamApp, ClickHouseSink]:
     """The app under the stage name the registry gives it (its group and dead letters)."""
     conf = settings.clickhouse
-    stream = StreamApp(settings, name, commit_interval=conf.flush_interval_s)
+    extra = {"group.instance.id": conf.sink_instance_id} if conf.sink_instance_id else None
+    stream = StreamApp(settings, name, commit_interval=conf.flush_interval_s, consumer_extra=extra)
     _commit_every(stream, conf.batch_size)
     with connect_clickhouse(settings) as client:
         migrate(client, conf.database, tick_ttl_days=conf.tick_ttl_days)
