@@ -16,7 +16,8 @@ rate and duplicate client order ids are properties of a whole account. Two sourc
     The gate's own exposure per account and symbol, shared through Redis so every gate
     process (and every partition) sees the whole account: hash
     ``<prefix>gate:exposure:<account>``, field = symbol, value =
-    ``[projected position, price, margin rate]`` (raw). Each gate writes the exact state
+    ``[worst-case position, price, margin rate]`` (raw; the worst case of working buys
+    and sells, see :class:`~streams.logic.risk.SymbolRiskState`). Each gate writes the exact state
     of the symbols it owns, by overwriting (never incrementing), so a replay after a
     crash writes the same values again. The order rate is a sorted set of approved
     client order ids scored by event time; a client order id is claimed with ``SET NX``
@@ -220,8 +221,8 @@ class ExposureBook:
         for field, raw in exposure.items():
             if field.decode() == symbol:
                 continue  # the gate's own state has this symbol exactly
-            projected, price, rate = json.loads(raw)
-            value = abs(mul(projected, price))
+            worst, price, rate = json.loads(raw)
+            value = abs(mul(worst, price))
             gross += value
             margin += mul(value, rate)
         own = client_order_id.encode()
@@ -247,15 +248,20 @@ class ExposureBook:
         return holder == identity
 
     def record(
-        self, account: str, symbol: str, projected: int, price: int | None, margin_rate: int
+        self, account: str, symbol: str, worst: int, price: int | None, margin_rate: int
     ) -> None:
-        """The symbol's exposure in the account now (overwrites)."""
+        """The symbol's worst-case exposure in the account now (overwrites). Without a
+        price (no trade seen yet) the entry keeps the price it had."""
         key = self._exposure_key(account)
-        if projected == 0 or price is None:
-            if projected == 0:
-                self.client.hdel(key, symbol)
+        if worst == 0:
+            self.client.hdel(key, symbol)
             return
-        self.client.hset(key, symbol, json.dumps([projected, price, margin_rate]))
+        if price is None:
+            held = self.client.hget(key, symbol)
+            if held is None:
+                return  # nothing to value it at; the next trade's mark writes it
+            price = int(json.loads(held)[1])
+        self.client.hset(key, symbol, json.dumps([worst, price, margin_rate]))
 
     def approved(self, account: str, client_order_id: str, ts_event: int) -> None:
         """Count an approved order in the account's order rate."""
@@ -267,10 +273,10 @@ class ExposureBook:
         pipe.execute()
 
     def mark(self, entries: Iterable[tuple[str, str, int, int, int]]) -> None:
-        """Re-value held symbols at a newer price: (account, symbol, projected, price, rate)."""
+        """Re-value held symbols at a newer price: (account, symbol, worst, price, rate)."""
         pipe = self.client.pipeline(transaction=False)
-        for account, symbol, projected, price, rate in entries:
-            pipe.hset(self._exposure_key(account), symbol, json.dumps([projected, price, rate]))
+        for account, symbol, worst, price, rate in entries:
+            pipe.hset(self._exposure_key(account), symbol, json.dumps([worst, price, rate]))
         pipe.execute()
 
     def close(self) -> None:

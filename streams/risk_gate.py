@@ -145,7 +145,7 @@ class RiskGateProcessor:
             for account in holders:
                 exposure = self._exposure(state, account)
                 rate = self.checker(account, "*", symbol).limits.account.margin_rate
-                entries.append((account, symbol, exposure.projected, price, rate))
+                entries.append((account, symbol, exposure.worst, price, rate))
             try:
                 self.book.mark(entries)
             except redis.RedisError as exc:
@@ -166,15 +166,15 @@ class RiskGateProcessor:
     ) -> None:
         state.set(f"risk:{account}", exposure.to_dict())
         holders = list(state.get(_HOLDERS) or [])
-        if exposure.projected != 0 and account not in holders:
+        if not exposure.is_flat and account not in holders:
             state.set(_HOLDERS, [*holders, account])
-        elif exposure.projected == 0 and account in holders:
+        elif exposure.is_flat and account in holders:
             state.set(_HOLDERS, [a for a in holders if a != account])
         market = state.get(_MARKET)
         self.book.record(
             account,
             symbol,
-            exposure.projected,
+            exposure.worst,
             int(market[0]) if market is not None else None,
             margin_rate,
         )

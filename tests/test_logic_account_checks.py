@@ -94,15 +94,18 @@ def run(
     price: Decimal | str | None = "1",
     ctx: AccountContext | None = None,
 ) -> dict[str, RiskCheck]:
-    """The account checks of an order taking the projected position from ``before`` to
-    ``after`` (signed quantities) at the market ``price``, by name."""
+    """The account checks of an order taking the worst-case position from ``before`` to
+    ``after`` (signed quantities, no other working orders, so the order reduces the
+    position when it moves it toward zero without crossing) at the market ``price``."""
+    b, a = fx(before), fx(after)
     checks = account_checks(
         LIMITS,
         ctx if ctx is not None else context(),
         account="desk-1",
         symbol="AAPL",
-        before=fx(before),
-        after=fx(after),
+        before=b,
+        after=a,
+        reduces=abs(a) < abs(b) and a * b >= 0,
         price=fx(price) if price is not None else None,
     )
     assert [c.name for c in checks] == ACCOUNT_CHECK_NAMES
@@ -189,7 +192,7 @@ def test_position_value_counts_open_orders_through_the_gate() -> None:
             max_order_quantity=fx(10**9),
         )
     )  # fmt: skip
-    state = SymbolRiskState(position=fx(100_000), open_quantity=fx(300_000))
+    state = SymbolRiskState(position=fx(100_000), open_buy=fx(300_000))
     market = MarketPrice(fx(1), TS)
     at, after = risk.check(
         _request(Side.BUY, "100000"), state, TS, market=market, account=context()
@@ -198,7 +201,7 @@ def test_position_value_counts_open_orders_through_the_gate() -> None:
         _request(Side.BUY, "100000.000000001"), state, TS, market=market, account=context()
     )
     assert at.decision == Decision.APPROVED
-    assert after.projected == fx(POSITION_VALUE)
+    assert after.worst == fx(POSITION_VALUE)
     assert over.decision == Decision.REJECTED
     assert [c.name for c in over.checks if not c.passed] == ["position_value"]
     assert kept == state
@@ -338,15 +341,20 @@ def test_daily_loss_none_yet_passes_and_reports_the_limit() -> None:
     assert (check.value, check.limit) == (None, fx(DAILY_LOSS))
 
 
-def test_daily_loss_below_the_limit_passes_and_at_the_limit_halts_even_reductions() -> None:
+def test_daily_loss_at_the_limit_refuses_new_risk_but_lets_positions_be_reduced() -> None:
     below = run("0", "1", ctx=context(daily_loss=DAILY_LOSS - RAW))["daily_loss"]
     assert below.passed
     assert (below.value, below.limit) == (fx(DAILY_LOSS - RAW), fx(DAILY_LOSS))
-    for before, after in (("0", "1"), ("100", "50")):
+    for before, after in (("0", "1"), ("100", "150"), ("100", "-50")):
         at = run(before, after, ctx=context(daily_loss=DAILY_LOSS))["daily_loss"]
-        assert not at.passed
+        assert not at.passed, (before, after)
         assert at.value == fx(DAILY_LOSS)
-        assert "halted" in at.message
+        assert "only position-reducing orders" in at.message
+    # flattening after an operator resumes the halted account
+    for before, after in (("100", "50"), ("100", "0"), ("-100", "-1")):
+        at = run(before, after, ctx=context(daily_loss=DAILY_LOSS))["daily_loss"]
+        assert at.passed, (before, after)
+        assert "reduces a position" in at.message
     assert not run("0", "1", ctx=context(daily_loss=DAILY_LOSS + RAW))["daily_loss"].passed
     assert run("0", "1", ctx=context(daily_loss="0"))["daily_loss"].passed
 

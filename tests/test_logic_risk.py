@@ -109,7 +109,7 @@ def test_order_within_all_limits_is_approved_and_opens_its_quantity() -> None:
     assert checks["notional"].value == px("18725")
     assert checks["notional"].limit == px(250_000)
     assert checks["position"].value == px(100)
-    assert state == SymbolRiskState(position=0, open_quantity=px(100))
+    assert state == SymbolRiskState(position=0, open_buy=px(100))
     assert (decision.ts_event, decision.ts_init) == (TS, TS + 5)
     assert (decision.side, decision.quantity, decision.symbol, decision.account) == (
         Side.BUY,
@@ -174,6 +174,15 @@ def test_no_market_price_or_a_stale_one_rejects_with_that_reason() -> None:
     fresh = MarketPrice(px(100), TS - LIMITS.max_price_age_ns)
     ok, _ = check(RISK, order(), SymbolRiskState(), TS, market=fresh)
     assert ok.decision == Decision.APPROVED
+    # an order made long before the last trade was decided on prices that are gone
+    later = MarketPrice(px(100), TS + LIMITS.max_price_age_ns + 1)
+    late, _ = check(RISK, order(), SymbolRiskState(), TS, market=later)
+    assert late.decision == Decision.REJECTED
+    assert "order for AAPL is stale: made" in late.reason
+    just = MarketPrice(px(100), TS + LIMITS.max_price_age_ns)
+    assert check(RISK, order(), SymbolRiskState(), TS, market=just)[0].decision == (
+        Decision.APPROVED
+    )
 
 
 def test_limit_price_outside_the_collar_is_rejected() -> None:
@@ -202,20 +211,50 @@ def test_order_with_non_positive_reference_price_is_rejected() -> None:
     assert "reference price 0 outside ±5% of market 100" in decision.reason
 
 
-def test_projected_position_counts_position_and_open_quantity() -> None:
-    state = SymbolRiskState(position=px(4000), open_quantity=px(900))
+def test_worst_case_position_counts_position_and_working_buys() -> None:
+    state = SymbolRiskState(position=px(4000), open_buy=px(900))
     decision, after = check(RISK, order(Side.BUY, 101, "10"), state, ts_init=TS)
     assert decision.decision == Decision.REJECTED
     position = {c.name: c for c in decision.checks}["position"]
     assert position.value == px(5001) and position.limit == px(5000)
-    assert decision.reason == "projected position 5001 exceeds ±max_position_per_symbol 5000"
+    assert decision.reason.startswith(
+        "worst-case position 5001 exceeds ±max_position_per_symbol 5000"
+    )
     assert after == state
     decision, after = check(RISK, order(Side.BUY, 100, "10"), state, ts_init=TS)
     assert decision.decision == Decision.APPROVED
-    assert after == SymbolRiskState(position=px(4000), open_quantity=px(1000))
+    assert after == SymbolRiskState(position=px(4000), open_buy=px(1000))
 
 
-def test_short_projected_position_over_limit_is_rejected() -> None:
+def test_a_working_sell_does_not_make_room_for_another_buy() -> None:
+    """Buy to the limit, sell the same, buy again: netting would approve the second buy,
+    and cancelling the sell would leave twice the limit. Sides are never netted."""
+    risk = PreTradeRisk(
+        RiskLimitsRaw(
+            max_order_notional=px(10**6),
+            max_position_per_symbol=px(500),
+            max_order_quantity=px(500),
+        )
+    )
+    state = SymbolRiskState()
+    buy, state = check(risk, order(Side.BUY, 500, "10", client_order_id="b1"), state, TS)
+    sell, state = check(risk, order(Side.SELL, 500, "10", client_order_id="s1"), state, TS)
+    again, after = check(risk, order(Side.BUY, 1, "10", client_order_id="b2"), state, TS)
+    assert [buy.decision, sell.decision] == [Decision.APPROVED] * 2
+    assert state == SymbolRiskState(position=0, open_buy=px(500), open_sell=px(500))
+    assert again.decision == Decision.REJECTED
+    assert {c.name: c for c in again.checks}["position"].value == px(501)
+    assert after == state
+    # once the sell is canceled the book is what the buy alone makes it
+    released, _ = apply_report(state, OpenOrder(Side.SELL, px(500)), "CANCELED", 0)
+    assert released.worst == px(500)
+    # and once the buy fills, the working sell is a reduction of the position
+    filled, _ = apply_report(state, OpenOrder(Side.BUY, px(500)), "FILL", px(500))
+    assert filled == SymbolRiskState(position=px(500), open_sell=px(500))
+    assert filled.worst == px(500) and filled.short_case == 0
+
+
+def test_short_worst_case_position_over_limit_is_rejected() -> None:
     state = SymbolRiskState(position=-px(4500))
     decision, _ = check(RISK, order(Side.SELL, 600, "10"), state, ts_init=TS)
     assert decision.decision == Decision.REJECTED
@@ -226,8 +265,9 @@ def test_order_reducing_exposure_over_a_lowered_limit_is_approved() -> None:
     state = SymbolRiskState(position=px(6000))
     decision, after = check(RISK, order(Side.SELL, 500, "10"), state, ts_init=TS)
     assert decision.decision == Decision.APPROVED
-    assert "reduces exposure" in {c.name: c for c in decision.checks}["position"].message
-    assert after.projected == px(5500)
+    assert "not larger than before" in {c.name: c for c in decision.checks}["position"].message
+    assert after == SymbolRiskState(position=px(6000), open_sell=px(500))
+    assert after.worst == px(6000)  # the sell may never fill
 
 
 def test_order_flipping_past_the_limit_is_rejected() -> None:
@@ -279,21 +319,27 @@ def test_fill_moves_quantity_from_open_to_position() -> None:
         ts_init=TS,
     )
     state = state.apply_fill(fill)
-    assert state == SymbolRiskState(position=-px(100), open_quantity=-px(200))
-    assert state.projected == -px(300)
+    assert state == SymbolRiskState(position=-px(100), open_sell=px(200))
+    assert state.worst == -px(300)
 
 
-def test_release_frees_open_quantity_of_an_order_that_will_not_fill() -> None:
-    state = SymbolRiskState(position=px(10), open_quantity=px(300))
-    assert state.release(Side.BUY, px(300)) == SymbolRiskState(position=px(10))
+def test_release_frees_the_working_quantity_of_an_order_that_will_not_fill() -> None:
+    state = SymbolRiskState(position=px(10), open_buy=px(300), open_sell=px(5))
+    assert state.release(Side.BUY, px(300)) == SymbolRiskState(position=px(10), open_sell=px(5))
+    assert state.release(Side.SELL, px(5)) == SymbolRiskState(position=px(10), open_buy=px(300))
     with pytest.raises(ValueError):
         state.release(Side.BUY, -1)
 
 
 def test_state_round_trips_through_json() -> None:
-    state = SymbolRiskState(position=-px("12.5"), open_quantity=px(300))
+    state = SymbolRiskState(position=-px("12.5"), open_buy=px(300), open_sell=px(7))
     assert SymbolRiskState.from_dict(orjson.loads(orjson.dumps(state.to_dict()))) == state
     assert SymbolRiskState.from_dict({}) == SymbolRiskState()
+    # a state saved before the sides were kept apart reads as working on its side
+    legacy = {"position": px(1), "open_quantity": -px(3)}
+    assert SymbolRiskState.from_dict(legacy) == SymbolRiskState(position=px(1), open_sell=px(3))
+    with pytest.raises(ValueError, match="must not be negative"):
+        SymbolRiskState(open_buy=-1)
 
 
 @given(
@@ -301,10 +347,11 @@ def test_state_round_trips_through_json() -> None:
     quantity=st.integers(min_value=1, max_value=px(3000)),
     price=st.none() | st.integers(min_value=-px(1), max_value=px(1000)),
     position=st.integers(min_value=-px(8000), max_value=px(8000)),
-    open_quantity=st.integers(min_value=-px(3000), max_value=px(3000)),
+    open_buy=st.integers(min_value=0, max_value=px(3000)),
+    open_sell=st.integers(min_value=0, max_value=px(3000)),
 )
 def test_decision_is_approved_iff_every_check_passes_and_state_follows(
-    side: Side, quantity: int, price: int | None, position: int, open_quantity: int
+    side: Side, quantity: int, price: int | None, position: int, open_buy: int, open_sell: int
 ) -> None:
     request = OrderRequest(
         client_order_id="c",
@@ -316,30 +363,34 @@ def test_decision_is_approved_iff_every_check_passes_and_state_follows(
         ts_event=TS,
         ts_init=TS,
     )
-    state = SymbolRiskState(position=position, open_quantity=open_quantity)
+    state = SymbolRiskState(position=position, open_buy=open_buy, open_sell=open_sell)
     decision, after = check(RISK, request, state, ts_init=TS)
-    signed = quantity if side == Side.BUY else -quantity
-    projected = position + open_quantity + signed
+    # independent worst case: every buy fills and no sell, or the other way round
+    long_before, short_before = position + open_buy, position - open_sell
+    if side == Side.BUY:
+        long_after, short_after = long_before + quantity, short_before
+    else:
+        long_after, short_after = long_before, short_before - quantity
+    worst_before = max(abs(long_before), abs(short_before))
+    worst_after = max(abs(long_after), abs(short_after))
     # the market the helper gives: the named price when positive, else 100
     market = price if price is not None and price > 0 else px(100)
     expected_ok = (
         quantity <= LIMITS.max_order_quantity
         and (price is None or abs(price - market) <= mul(market, LIMITS.price_collar))
         and abs(mul(quantity, market)) <= LIMITS.max_order_notional
-        and (
-            abs(projected) <= LIMITS.max_position_per_symbol
-            or (
-                abs(projected) < abs(position + open_quantity)
-                and projected * (position + open_quantity) >= 0
-            )
-        )
+        and (worst_after <= LIMITS.max_position_per_symbol or worst_after <= worst_before)
     )
     assert len(decision.checks) == 9
     assert (decision.decision == Decision.APPROVED) == expected_ok
     assert (decision.decision == Decision.APPROVED) == all(c.passed for c in decision.checks)
     if expected_ok:
         assert decision.reason == "approved"
-        assert after == SymbolRiskState(position=position, open_quantity=open_quantity + signed)
+        assert after == SymbolRiskState(
+            position=position,
+            open_buy=open_buy + (quantity if side == Side.BUY else 0),
+            open_sell=open_sell + (quantity if side == Side.SELL else 0),
+        )
     else:
         assert decision.reason == "; ".join(c.message for c in decision.checks if not c.passed)
         assert after == state
@@ -369,8 +420,14 @@ def test_a_reducing_account_may_only_reduce_exposure() -> None:
     buy, _ = check(RISK, order(Side.BUY, 100), long, ts_init=TS, trading=reducing)
     flip, _ = check(RISK, order(Side.SELL, 400), long, ts_init=TS, trading=reducing)
     flat, _ = check(RISK, order(Side.BUY, 1), SymbolRiskState(), ts_init=TS, trading=reducing)
-    assert sell.decision == Decision.APPROVED
-    assert [d.decision for d in (buy, flip, flat)] == [Decision.REJECTED] * 3
+    # with 250 already working to sell, another 100 would take the position past zero
+    working = SymbolRiskState(position=px(300), open_sell=px(250))
+    past_zero, _ = check(RISK, order(Side.SELL, 100), working, ts_init=TS, trading=reducing)
+    # a working buy (it may fill) does not turn a sell of the position into anything else
+    with_buy = SymbolRiskState(position=px(300), open_buy=px(500))
+    sell_too, _ = check(RISK, order(Side.SELL, 300), with_buy, ts_init=TS, trading=reducing)
+    assert sell.decision == Decision.APPROVED and sell_too.decision == Decision.APPROVED
+    assert [d.decision for d in (buy, flip, flat, past_zero)] == [Decision.REJECTED] * 4
     assert buy.reason.startswith("REDUCING")
 
 
@@ -387,18 +444,18 @@ def test_a_client_order_id_decided_before_is_rejected_as_a_duplicate() -> None:
     assert "already decided on" in again.reason and after == SymbolRiskState()
 
 
-def test_fills_move_open_quantity_to_the_position_and_cancels_release_the_rest() -> None:
-    state = SymbolRiskState(open_quantity=px(4999))
+def test_fills_move_working_quantity_to_the_position_and_cancels_release_the_rest() -> None:
+    state = SymbolRiskState(open_buy=px(4999))
     open_order = OpenOrder(Side.BUY, px(4999))
     state, open_order = apply_report(state, open_order, "PARTIAL_FILL", px(1000))
-    assert state == SymbolRiskState(position=px(1000), open_quantity=px(3999))
+    assert state == SymbolRiskState(position=px(1000), open_buy=px(3999))
     assert open_order == OpenOrder(Side.BUY, px(3999))
     state, still = apply_report(state, open_order, "NEW", 0)  # no change
     assert still == open_order
     state, done = apply_report(state, open_order, "CANCELED", 0)
     assert state == SymbolRiskState(position=px(1000)) and done is None
     # the issue's case: an approved 4,999 that never fills no longer blocks the symbol
-    blocked = SymbolRiskState(open_quantity=px(4999))
+    blocked = SymbolRiskState(open_buy=px(4999))
     released, _ = apply_report(blocked, OpenOrder(Side.BUY, px(4999)), "REJECTED", 0)
     decision, _ = check(RISK, order(Side.BUY, 100), released, TS)
     assert decision.decision == Decision.APPROVED
@@ -406,9 +463,16 @@ def test_fills_move_open_quantity_to_the_position_and_cancels_release_the_rest()
 
 def test_a_fill_larger_than_the_leaves_books_only_the_leaves() -> None:
     state, done = apply_report(
-        SymbolRiskState(open_quantity=-px(10)), OpenOrder(Side.SELL, px(10)), "FILL", px(15)
+        SymbolRiskState(open_sell=px(10)), OpenOrder(Side.SELL, px(10)), "FILL", px(15)
     )
     assert state == SymbolRiskState(position=-px(10)) and done is None
+
+
+def test_a_fill_that_ends_the_order_short_of_its_leaves_releases_the_rest() -> None:
+    state, done = apply_report(
+        SymbolRiskState(open_buy=px(10)), OpenOrder(Side.BUY, px(10)), "FILL", px(4)
+    )
+    assert state == SymbolRiskState(position=px(4)) and done is None
 
 
 # -- restricted list and NSE F&O ban -----------------------------------------------------

@@ -278,9 +278,8 @@ def _signed(side: Side, quantity: Decimal) -> Decimal:
     return quantity if side == Side.BUY else -quantity
 
 
-def _reduces(before: Decimal, after: Decimal) -> bool:
-    """Strictly smaller exposure on the same side (or flat)."""
-    return abs(after) < abs(before) and after * before >= 0
+def _worst(long_case: Decimal, short_case: Decimal) -> Decimal:
+    return long_case if abs(long_case) >= abs(short_case) else short_case
 
 
 @dataclass
@@ -300,14 +299,30 @@ class Model:
     def position(self, symbol: str) -> Decimal:
         return self.positions.get(symbol, D(0))
 
-    def open_quantity(self, symbol: str) -> Decimal:
+    def working_on(self, symbol: str, side: Side) -> Decimal:
         return sum(
-            (_signed(w.side, w.leaves) for w in self.working.values() if w.symbol == symbol),
+            (w.leaves for w in self.working.values() if w.symbol == symbol and w.side == side),
             D(0),
         )
 
-    def projected(self, symbol: str) -> Decimal:
-        return self.position(symbol) + self.open_quantity(symbol)
+    def cases(self, symbol: str) -> tuple[Decimal, Decimal]:
+        """The position if every working buy fills (and no sell), and the other way round:
+        working orders of the two sides are never netted, either may be canceled."""
+        position = self.position(symbol)
+        return (
+            position + self.working_on(symbol, Side.BUY),
+            position - self.working_on(symbol, Side.SELL),
+        )
+
+    def worst(self, symbol: str) -> Decimal:
+        return _worst(*self.cases(symbol))
+
+    def reduces(self, symbol: str, side: Side, quantity: Decimal) -> bool:
+        """Against the filled position, and not past zero with its side's working orders."""
+        position = self.position(symbol)
+        if side == Side.SELL:
+            return position > 0 and position - self.working_on(symbol, side) - quantity >= 0
+        return position < 0 and position + self.working_on(symbol, side) + quantity <= 0
 
     def value(self, symbol: str, quantity: Decimal) -> Decimal:
         price = self.prices[symbol][0]
@@ -317,10 +332,10 @@ class Model:
         """Gross exposure and initial margin of the account's other symbols."""
         gross = margin = D(0)
         for other in SYMBOLS:
-            projected = self.projected(other)
-            if other == symbol or projected == 0:
+            worst = self.worst(other)
+            if other == symbol or worst == 0:
                 continue
-            value = self.value(other, projected)  # every held symbol has been priced
+            value = self.value(other, worst)  # every held symbol has been priced
             gross += value
             margin += money(value * self.limits.margin_rate)
         return gross, margin
@@ -330,7 +345,11 @@ class Model:
 
     def fresh_price(self, symbol: str) -> Decimal | None:
         known = self.prices.get(symbol)
-        if known is None or known[0] <= 0 or self.now - known[1] > self.limits.max_price_age_ns:
+        if (
+            known is None
+            or known[0] <= 0
+            or abs(self.now - known[1]) > self.limits.max_price_age_ns
+        ):
             return None
         return known[0]
 
@@ -369,14 +388,18 @@ class Model:
             if money(abs(quantity * market)) > lim.max_order_notional:
                 bad.add("notional")
 
-        before = self.projected(order.symbol)
-        after = before + _signed(order.side, quantity)
-        reduces = _reduces(before, after)
+        long_case, short_case = self.cases(order.symbol)
+        before = _worst(long_case, short_case)
+        if order.side == Side.BUY:
+            after = _worst(long_case + quantity, short_case)
+        else:
+            after = _worst(long_case, short_case - quantity)
+        reduces = self.reduces(order.symbol, order.side, quantity)
         if self.trading == TradingState.HALTED or (
             self.trading == TradingState.REDUCING and not reduces
         ):
             bad.add("trading_state")
-        if abs(after) > lim.max_position_per_symbol and not reduces:
+        if abs(after) > lim.max_position_per_symbol and abs(after) > abs(before):
             bad.add("position")
         if duplicate:
             bad.add("duplicate_client_order_id")
@@ -402,7 +425,7 @@ class Model:
                 bad.add("buying_power")
         if self.recent_orders() + 1 > lim.max_orders_per_second:
             bad.add("order_rate")
-        if self.daily_loss is not None and self.daily_loss >= lim.daily_loss_limit:
+        if self.daily_loss is not None and self.daily_loss >= lim.daily_loss_limit and not reduces:
             bad.add("daily_loss")
         if self.drawdown is not None and self.drawdown >= lim.max_drawdown and not reduces:
             bad.add("drawdown")
@@ -448,11 +471,12 @@ def _size(request: Request, model: Model) -> tuple[Side, int]:
     kind, arg = request.size
     if kind == "raw":
         return request.side, arg
-    before = model.projected(request.symbol)
-    if kind == "flat":
-        return (Side.SELL if before > 0 else Side.BUY), raw(abs(before))
-    if kind == "scale":  # to arg/4 of the exposure: reduce, flat, flip smaller or larger, add
-        change = floor9(before * arg / 4) - before
+    position = model.position(request.symbol)
+    long_case, short_case = model.cases(request.symbol)
+    if kind == "flat":  # close the filled position (working orders may make it more)
+        return (Side.SELL if position > 0 else Side.BUY), raw(abs(position))
+    if kind == "scale":  # to arg/4 of the position: reduce, flat, flip smaller or larger, add
+        change = floor9(position * arg / 4) - position
         return (Side.BUY if change > 0 else Side.SELL), raw(abs(change))
     sign, delta = (1 if arg > 0 else -1), (abs(arg) - 2) * NANO
     lim, known = model.limits, model.prices.get(request.symbol)
@@ -475,8 +499,13 @@ def _size(request: Request, model: Model) -> tuple[Side, int]:
             "buying_power": max(equity - others_margin, D(0)) / lim.margin_rate,
         }[kind]
         size = floor9(value / price)
-    change = sign * (size + delta) - before
-    side = Side.BUY if change > 0 else Side.SELL
+    # the side's own case lands on the target (a buy moves only the long case, a sell the
+    # short case); a target already passed on that side gives the smallest order
+    target = sign * (size + delta)
+    change = target - long_case if sign > 0 else target - short_case
+    side = Side.BUY if sign > 0 else Side.SELL
+    if change * sign <= 0:
+        return side, 1
     return side, min(raw(abs(change)), INT64_MAX)  # at a price of 1e-9 a unit it can be huge
 
 
@@ -563,8 +592,10 @@ def _request(gate: Gate, model: Model, event: Request, serial: int) -> None:
     if not expected:
         assert decision.decision == Decision.APPROVED
         assert decision.reason == "approved"
-        signed = quantity if side == Side.BUY else -quantity
-        assert after == SymbolRiskState(before.position, before.open_quantity + signed)
+        buys, sells = (quantity, 0) if side == Side.BUY else (0, quantity)
+        assert after == SymbolRiskState(
+            before.position, before.open_buy + buys, before.open_sell + sells
+        )
     else:
         # (d) a rejection names its failing checks and changes nothing
         assert decision.decision == Decision.REJECTED
@@ -600,7 +631,7 @@ def _report(gate: Gate, model: Model, event: Report) -> None:
             working.side, filled
         )
         working.leaves -= filled
-        if working.leaves == 0:
+        if working.leaves == 0 or event.exec_type == "FILL":  # a FILL ends the order
             del model.working[coid]
     elif event.exec_type in RELEASING:
         del model.working[coid]
@@ -616,7 +647,9 @@ def _agree(gate: Gate, model: Model) -> None:
     """(c) the gate's exposure is the model's, exactly."""
     for symbol in SYMBOLS:
         assert gate.states[symbol] == SymbolRiskState(
-            position=raw(model.position(symbol)), open_quantity=raw(model.open_quantity(symbol))
+            position=raw(model.position(symbol)),
+            open_buy=raw(model.working_on(symbol, Side.BUY)),
+            open_sell=raw(model.working_on(symbol, Side.SELL)),
         ), symbol
     assert {c: (s, o.side, o.leaves) for c, (s, o) in gate.open_orders.items()} == {
         c: (w.symbol, w.side, raw(w.leaves)) for c, w in model.working.items()

@@ -8,7 +8,7 @@ are raw fixed-point ints (money and quantities at 1e-9, ratios at 1e-9 too).
 Each check returns a :class:`~schemas.models.RiskCheck` with its input, limit and result:
 
 ``position_value``
-    ``|projected position × market price| <= max_position_value`` (open orders included).
+    ``|worst-case position × market price| <= max_position_value``.
 ``gross_leverage``
     ``(other symbols' gross exposure + this symbol's after the order) / equity <=
     max_gross_leverage``.
@@ -21,17 +21,21 @@ Each check returns a :class:`~schemas.models.RiskCheck` with its input, limit an
     approved orders of the account in the last second of event time, this one included,
     ``<= max_orders_per_second``.
 ``daily_loss``
-    the day's loss from risk-metrics ``< daily_loss_limit`` (at the limit the account is
-    HALTED: risk-metrics issues the command, and the gate refuses even before it lands).
+    the day's loss from risk-metrics ``< daily_loss_limit``. At the limit the account is
+    HALTED (risk-metrics issues the command; until it lands this check refuses new risk);
+    after an operator resumes, only position-reducing orders pass for the rest of the day.
 ``drawdown``
-    drawdown from peak equity ``< max_drawdown``; beyond it only orders that strictly
-    reduce the symbol's exposure pass (REDUCING).
+    drawdown from peak equity ``< max_drawdown``; beyond it only position-reducing orders
+    pass (REDUCING).
 ``account_state``
     the account's context could be read (the shared exposure book answered).
 
-An order that does not increase the symbol's exposure in value (a reduction, or a flip
-to a smaller position) passes the exposure checks: a book over a lowered limit can always
-be reduced.
+The symbol's exposure is its worst case (filled position plus every working buy, or
+minus every working sell, whichever is larger: the sides are never netted). An order that
+does not enlarge it in value (a reduction, or a flip to a smaller position) passes the
+exposure checks: a book over a lowered limit can always be reduced. A position-reducing
+order (``reduces``) is stricter: it trades against the filled position and cannot take it
+past zero with the working orders of its side.
 """
 
 from __future__ import annotations
@@ -139,15 +143,18 @@ def account_checks(
     symbol: str,
     before: int,
     after: int,
+    reduces: bool,
     price: int | None,
 ) -> list[RiskCheck]:
-    """Every account-level check of an order that takes the symbol's projected position
-    (signed raw) from ``before`` to ``after``, valued at the market ``price`` (None: no
-    usable market price, so exposure is unknown and those checks fail)."""
+    """Every account-level check of an order that takes the symbol's worst-case position
+    (signed raw, see :class:`~streams.logic.risk.SymbolRiskState`) from ``before`` to
+    ``after``, valued at the market ``price`` (None: no usable market price, so exposure
+    is unknown and those checks fail). ``reduces``: the order only reduces the filled
+    position (what an account past its loss or drawdown limit may still do)."""
     checks = _exposure_checks(limits, context, symbol, before, after, price)
     checks.append(_order_rate(limits, context, account))
-    checks.append(_daily_loss(limits, context, account))
-    checks.append(_drawdown(limits, context, account, before, after))
+    checks.append(_daily_loss(limits, context, account, reduces))
+    checks.append(_drawdown(limits, context, account, reduces))
     checks.append(
         RiskCheck(
             name=CHECK_ACCOUNT_STATE,
@@ -262,7 +269,9 @@ def _order_rate(limits: AccountLimitsRaw, context: AccountContext, account: str)
     )
 
 
-def _daily_loss(limits: AccountLimitsRaw, context: AccountContext, account: str) -> RiskCheck:
+def _daily_loss(
+    limits: AccountLimitsRaw, context: AccountContext, account: str, reduces: bool
+) -> RiskCheck:
     limit = limits.daily_loss_limit
     if context.daily_loss is None:
         return RiskCheck(
@@ -272,23 +281,26 @@ def _daily_loss(limits: AccountLimitsRaw, context: AccountContext, account: str)
             message=f"no daily PnL for account {account} yet",
         )
     loss = context.daily_loss
-    passed = loss < limit
+    below = loss < limit
+    if below:
+        note = f"below daily_loss_limit {_money(limit)}"
+    elif reduces:
+        # The HALTED command stops everything; once an operator resumes, the account may
+        # flatten but not add risk for the rest of the day.
+        note = f"reached daily_loss_limit {_money(limit)}; the order reduces a position"
+    else:
+        note = f"reached daily_loss_limit {_money(limit)}: only position-reducing orders"
     return RiskCheck(
         name=CHECK_DAILY_LOSS,
-        passed=passed,
+        passed=below or reduces,
         value=_clamp(loss),
         limit=limit,
-        message=f"daily loss {_money(loss)} "
-        + (
-            f"below daily_loss_limit {_money(limit)}"
-            if passed
-            else f"reached daily_loss_limit {_money(limit)}: account {account} is halted"
-        ),
+        message=f"daily loss {_money(loss)} {note} (account {account})",
     )
 
 
 def _drawdown(
-    limits: AccountLimitsRaw, context: AccountContext, account: str, before: int, after: int
+    limits: AccountLimitsRaw, context: AccountContext, account: str, reduces: bool
 ) -> RiskCheck:
     limit = limits.max_drawdown
     if context.drawdown is None:
@@ -307,12 +319,11 @@ def _drawdown(
             limit=limit,
             message=f"drawdown {_pct(drawdown)} below max_drawdown {_pct(limit)}",
         )
-    reducing = abs(after) < abs(before) and after * before >= 0
     return RiskCheck(
         name=CHECK_DRAWDOWN,
-        passed=reducing,
+        passed=reduces,
         value=drawdown,
         limit=limit,
         message=f"drawdown {_pct(drawdown)} reached max_drawdown {_pct(limit)}: REDUCING, "
-        + ("the order reduces exposure" if reducing else "only exposure-reducing orders"),
+        + ("the order reduces a position" if reduces else "only position-reducing orders"),
     )

@@ -11,9 +11,10 @@ Checks, in this order (values and limits are raw fixed-point):
     ``0 < quantity <= max_order_quantity``.
 ``price``
     The gate's own market price of the symbol (:class:`MarketPrice`: the last trade the gate
-    saw on the market topics, never a price the requester claims), not older than
-    ``max_price_age_ns`` of event time at the order's event time. No market price, or a
-    stale one, rejects the order with that reason.
+    saw on the market topics, never a price the requester claims), at most
+    ``max_price_age_ns`` of event time away from the order's event time either way: a
+    trade too old prices nothing, and an order made long before the last trade was decided
+    on prices that are gone. No market price, or one out of age, rejects the order.
 ``price_collar``
     The order's ``reference_price`` and ``limit_price``, where given, lie within
     ``± price_collar`` (a fraction) of the market price.
@@ -22,20 +23,20 @@ Checks, in this order (values and limits are raw fixed-point):
     there is no usable market price (the notional is unknown; value is None).
 ``trading_state``
     The account's trading state (the kill switch, :mod:`streams.logic.trading_state`):
-    HALTED rejects every order; REDUCING passes only an order that strictly reduces the
-    symbol's projected exposure without flipping its sign; ACTIVE passes.
+    HALTED rejects every order; REDUCING passes only a reduction (below); ACTIVE passes.
 ``position``
-    projected = position + open (approved, unfilled) quantity + this order, all signed;
-    ``|projected| <= max_position_per_symbol``. An order that strictly reduces the
-    exposure without flipping its sign also passes (so a book over a lowered limit can
-    still be reduced).
+    The worst case of the symbol's position, this order included: the filled position
+    plus every working buy, or minus every working sell, whichever is larger in size
+    (working orders of the two sides are never netted: either side may be canceled).
+    ``|worst case| <= max_position_per_symbol``; an order that leaves the worst case no
+    larger also passes (so a book over a lowered limit can still be reduced).
 
 ``restricted_list``
     The symbol (or its underlying after an exchange prefix) is not on the desk's restricted
     list (``OMNIQUANT_RISK__RESTRICTED_SYMBOLS``).
 ``fo_ban``
     A symbol in NSE's F&O ban period (:mod:`streams.logic.restrictions`) accepts only
-    orders that strictly reduce the projected position without flipping its sign.
+    reductions.
 ``duplicate_client_order_id``
     A client order id this gate has already decided on is rejected (it never gets a second
     decision that could approve it twice).
@@ -44,16 +45,22 @@ account checks
     one): position value, gross leverage, concentration, buying power, order rate, daily
     loss, drawdown and account state — see :mod:`streams.logic.account_checks`.
 
-Approved orders add their signed quantity to the state's open quantity, and each is kept
-as an :class:`OpenOrder` (side, leaves). The venue's execution reports release it
+A **reduction** (REDUCING, F&O ban, drawdown, daily loss) trades against the filled
+position and, with every working order of its side, cannot take it past zero
+(:meth:`SymbolRiskState.reduces`). The exposure limits are looser on purpose: they pass
+an order that does not enlarge the worst case, a flip to a smaller position included.
+
+Approved orders add their quantity to the working quantity of their side, and each is
+kept as an :class:`OpenOrder` (side, leaves). The venue's execution reports release it
 (:func:`apply_report`): fills move the filled quantity to the position, cancels, rejects
-and expiries free the leaves. So open exposure is never reserved for ever.
+and expiries free the leaves, and a FILL ends the order. So open exposure is never
+reserved for ever.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from core.config import RiskLimits
@@ -179,41 +186,101 @@ class MarketPrice:
 
 @dataclass(frozen=True, slots=True)
 class SymbolRiskState:
-    """Exposure of one symbol as the risk gate sees it (raw, signed: long > 0)."""
+    """Exposure of one symbol as the risk gate sees it (raw; positions signed, long > 0).
+
+    Working buys and sells are kept apart, never netted: a working sell does not make room
+    for another buy, because the sell can be canceled (or never fill) while the buys fill.
+    Checks use the worst case of the two sides: :attr:`long_case` if every working buy
+    fills and no sell does, :attr:`short_case` the other way round.
+    """
 
     position: int = 0  # filled
-    open_quantity: int = 0  # approved, not yet filled or released
+    open_buy: int = 0  # approved buys not yet filled or released (>= 0)
+    open_sell: int = 0  # approved sells not yet filled or released (>= 0)
+
+    def __post_init__(self) -> None:
+        if self.open_buy < 0 or self.open_sell < 0:
+            raise ValueError(
+                f"open quantities must not be negative, got buy {self.open_buy} "
+                f"sell {self.open_sell}"
+            )
 
     @property
-    def projected(self) -> int:
-        """Position if every open approved order fills."""
-        return self.position + self.open_quantity
+    def long_case(self) -> int:
+        """Position if every working buy fills and no working sell does."""
+        return self.position + self.open_buy
+
+    @property
+    def short_case(self) -> int:
+        """Position if every working sell fills and no working buy does."""
+        return self.position - self.open_sell
+
+    @property
+    def worst(self) -> int:
+        """The larger of the two cases in size (signed): what the exposure limits see."""
+        return _larger(self.long_case, self.short_case)
+
+    @property
+    def is_flat(self) -> bool:
+        """Nothing held and nothing working."""
+        return self.position == 0 and self.open_buy == 0 and self.open_sell == 0
+
+    def with_order(self, side: Side, quantity: int) -> SymbolRiskState:
+        """An approved order starts working."""
+        if side == Side.BUY:
+            return replace(self, open_buy=self.open_buy + quantity)
+        return replace(self, open_sell=self.open_sell + quantity)
+
+    def after_order(self, side: Side, quantity: int) -> tuple[int, int]:
+        """(worst case before, worst case after) the order starts working (signed). Any
+        quantity, so a request refused for its quantity still gets every check's figures."""
+        if side == Side.BUY:
+            return self.worst, _larger(self.long_case + quantity, self.short_case)
+        return self.worst, _larger(self.long_case, self.short_case - quantity)
+
+    def reduces(self, side: Side, quantity: int) -> bool:
+        """The order only reduces the filled position: it trades against it, and with every
+        working order of its side it cannot take the position past zero."""
+        if side == Side.SELL:
+            return self.position > 0 and self.position - self.open_sell - quantity >= 0
+        return self.position < 0 and self.position + self.open_buy + quantity <= 0
 
     def apply_fill(self, fill: Fill) -> SymbolRiskState:
-        """A fill of an approved order: its quantity moves from open to position."""
-        signed = _signed(fill.side, fill.quantity)
-        return SymbolRiskState(
-            position=self.position + signed, open_quantity=self.open_quantity - signed
-        )
+        """A fill of an approved order: its quantity moves from working to position."""
+        return self.filled(fill.side, fill.quantity)
+
+    def filled(self, side: Side, quantity: int) -> SymbolRiskState:
+        released = self.release(side, quantity)
+        return replace(released, position=self.position + _signed(side, quantity))
 
     def release(self, side: Side, quantity: int) -> SymbolRiskState:
         """An approved order's unfilled ``quantity`` will never fill (canceled, rejected,
-        expired): it leaves the open quantity."""
+        expired): it stops working."""
         if quantity < 0:
             raise ValueError(f"quantity must not be negative, got {quantity}")
-        return SymbolRiskState(
-            position=self.position, open_quantity=self.open_quantity - _signed(side, quantity)
-        )
+        if side == Side.BUY:
+            return replace(self, open_buy=max(0, self.open_buy - quantity))
+        return replace(self, open_sell=max(0, self.open_sell - quantity))
 
     def to_dict(self) -> dict[str, int]:
-        return {"position": self.position, "open_quantity": self.open_quantity}
+        return {"position": self.position, "open_buy": self.open_buy, "open_sell": self.open_sell}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SymbolRiskState:
-        """Inverse of :meth:`to_dict`; missing keys default to 0."""
+        """Inverse of :meth:`to_dict`; missing keys default to 0. A state stored before the
+        sides were kept apart (one netted ``open_quantity``) is read as working on its side."""
+        if "open_quantity" in data and "open_buy" not in data:
+            net = int(data["open_quantity"])
+            return cls(int(data.get("position", 0)), max(net, 0), max(-net, 0))
         return cls(
-            position=int(data.get("position", 0)), open_quantity=int(data.get("open_quantity", 0))
+            position=int(data.get("position", 0)),
+            open_buy=int(data.get("open_buy", 0)),
+            open_sell=int(data.get("open_sell", 0)),
         )
+
+
+def _larger(long_case: int, short_case: int) -> int:
+    return long_case if abs(long_case) >= abs(short_case) else short_case
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,14 +306,14 @@ def apply_report(
     state: SymbolRiskState, order: OpenOrder, exec_type: str, last_quantity: int
 ) -> tuple[SymbolRiskState, OpenOrder | None]:
     """An execution report of an open order: the symbol's exposure and what stays open
-    (None once the order is done). Other report types change nothing."""
+    (None once the order is done). A FILL ends the order: whatever its report leaves
+    unaccounted for stops working too. Other report types change nothing."""
     if exec_type in _FILLING:
         filled = max(0, min(last_quantity, order.leaves))
-        signed = _signed(order.side, filled)
-        after = SymbolRiskState(
-            position=state.position + signed, open_quantity=state.open_quantity - signed
-        )
+        after = state.filled(order.side, filled)
         leaves = order.leaves - filled
+        if exec_type == "FILL" and leaves > 0:
+            return after.release(order.side, leaves), None
         return after, (OpenOrder(order.side, leaves) if leaves > 0 else None)
     if exec_type in _RELEASING:
         return state.release(order.side, order.leaves), None
@@ -296,14 +363,15 @@ class PreTradeRisk:
             ),
         ]
         if account is not None:
-            before = state.projected
+            before, after = state.after_order(order.side, order.quantity)
             checks += account_checks(
                 self.limits.account,
                 account,
                 account=order.account,
                 symbol=order.symbol,
                 before=before,
-                after=before + _signed(order.side, order.quantity),
+                after=after,
+                reduces=state.reduces(order.side, order.quantity),
                 price=price,
             )
         failed = [c.message for c in checks if not c.passed]
@@ -323,11 +391,7 @@ class PreTradeRisk:
         )
         if not approved:
             return decision, state
-        updated = SymbolRiskState(
-            position=state.position,
-            open_quantity=state.open_quantity + _signed(order.side, order.quantity),
-        )
-        return decision, updated
+        return decision, state.with_order(order.side, order.quantity)
 
     def _check_quantity(self, quantity: int) -> RiskCheck:
         limit = self.limits.max_order_quantity
@@ -351,6 +415,13 @@ class PreTradeRisk:
         age = order.ts_event - market.ts_event
         if market.price <= 0:
             passed, message = False, f"market price {_fmt(market.price)} is not positive"
+        elif -age > limit:
+            # The market moved on since the order was made: it was decided on old prices.
+            passed = False
+            message = (
+                f"order for {order.symbol} is stale: made {-age / 1e9:.3f} s before the "
+                f"last trade, max {limit / 1e9:.3f} s"
+            )
         elif age > limit:
             passed = False
             message = (
@@ -439,16 +510,14 @@ class PreTradeRisk:
             return RiskCheck(
                 name=CHECK_FO_BAN, passed=True, message=f"{order.symbol} is not in an F&O ban"
             )
-        before = state.projected
-        after = before + _signed(order.side, order.quantity)
-        reducing = abs(after) < abs(before) and after * before >= 0
+        reducing = state.reduces(order.side, order.quantity)
         day = fo_ban.trade_date.isoformat()
         message = (
             f"{order.symbol} is in the F&O ban on {day}; the order reduces the position "
-            f"from {_fmt(before)} to {_fmt(after)}"
+            f"of {_fmt(state.position)}"
             if reducing
-            else f"{order.symbol} is in the F&O ban on {day}: only position-reducing orders, "
-            f"this one takes {_fmt(before)} to {_fmt(after)}"
+            else f"{order.symbol} is in the F&O ban on {day}: only position-reducing orders; "
+            f"{_reduction_note(state, order)}"
         )
         return RiskCheck(name=CHECK_FO_BAN, passed=reducing, message=message)
 
@@ -461,14 +530,12 @@ class PreTradeRisk:
         if current == TradingState.HALTED:
             passed, message = False, f"HALTED: account {order.account} is halted{why}"
         elif current == TradingState.REDUCING:
-            before = state.projected
-            after = before + _signed(order.side, order.quantity)
-            passed = abs(after) < abs(before) and after * before >= 0
+            passed = state.reduces(order.side, order.quantity)
             message = (
-                f"REDUCING: order reduces exposure from {_fmt(before)} to {_fmt(after)}"
+                f"REDUCING: order reduces the position of {_fmt(state.position)}"
                 if passed
-                else f"REDUCING: account {order.account} may only reduce exposure{why}; "
-                f"order takes {_fmt(before)} to {_fmt(after)}"
+                else f"REDUCING: account {order.account} may only reduce positions{why}; "
+                f"{_reduction_note(state, order)}"
             )
         else:
             passed, message = True, f"account {order.account} is ACTIVE"
@@ -476,25 +543,29 @@ class PreTradeRisk:
 
     def _check_position(self, order: OrderRequest, state: SymbolRiskState) -> RiskCheck:
         limit = self.limits.max_position_per_symbol
-        current = state.projected
-        projected = current + _signed(order.side, order.quantity)
+        current, projected = state.after_order(order.side, order.quantity)
         within = abs(projected) <= limit
-        reducing = abs(projected) < abs(current) and projected * current >= 0
-        passed = within or reducing
+        # Worst cases only grow with a new order, or stay: "not larger" is the reduction.
+        not_larger = abs(projected) <= abs(current)
+        passed = within or not_larger
+        cases = (
+            f"(position {_fmt(state.position)}, working buys {_fmt(state.open_buy)}, "
+            f"sells {_fmt(state.open_sell)}, this order included)"
+        )
         if within:
             message = (
-                f"projected position {_fmt(projected)} within "
-                f"±max_position_per_symbol {_fmt(limit)}"
+                f"worst-case position {_fmt(projected)} within "
+                f"±max_position_per_symbol {_fmt(limit)} {cases}"
             )
-        elif reducing:
+        elif not_larger:
             message = (
-                f"projected position {_fmt(projected)} beyond ±max_position_per_symbol "
-                f"{_fmt(limit)} but reduces exposure from {_fmt(current)}"
+                f"worst-case position {_fmt(projected)} beyond ±max_position_per_symbol "
+                f"{_fmt(limit)} but not larger than before {cases}"
             )
         else:
             message = (
-                f"projected position {_fmt(projected)} exceeds "
-                f"±max_position_per_symbol {_fmt(limit)}"
+                f"worst-case position {_fmt(projected)} exceeds "
+                f"±max_position_per_symbol {_fmt(limit)} {cases}"
             )
         return RiskCheck(
             name=CHECK_POSITION,
@@ -503,3 +574,12 @@ class PreTradeRisk:
             limit=limit,
             message=message,
         )
+
+
+def _reduction_note(state: SymbolRiskState, order: OrderRequest) -> str:
+    """Why an order is not a reduction of the filled position."""
+    working = state.open_sell if order.side == Side.SELL else state.open_buy
+    return (
+        f"a {order.side.value} of {_fmt(order.quantity)} with {_fmt(working)} working on "
+        f"its side against a position of {_fmt(state.position)}"
+    )
