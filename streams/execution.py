@@ -666,6 +666,10 @@ class ExecutionConsumer:
                 "venue event refused by the order state machine",
                 extra={"refusal": result.code.value, "detail": result.detail},
             )
+            if event.exec_type == ExecType.REPLACED and order.is_working:
+                # Changed at the venue (its web UI, another tool): the risk gate approved
+                # the order as it was, not as it is now. Take it off the market.
+                self._cancel_unapproved(coid)
             return False
         self._publish(result)
         after = result.order
@@ -730,6 +734,17 @@ class ExecutionConsumer:
                 with correlated(coid):
                     self._send_cancel(coid)
         self._drain_events()
+
+    def _cancel_unapproved(self, coid: str) -> None:
+        log.error("order replaced at the venue outside the risk gate: canceling it")
+        event = OrderEvent(
+            ExecType.PENDING_CANCEL,
+            OrderStatus.PENDING_CANCEL,
+            reason="replaced at the venue without a risk decision",
+            ts_event=time.time_ns(),  # our request, made now
+        )
+        if self._apply(coid, event):
+            self._cancel_due[coid] = 0.0
 
     def _send_cancel(self, coid: str) -> None:
         order = self._book.get(coid)

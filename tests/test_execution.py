@@ -396,6 +396,29 @@ def test_a_halt_cancels_the_accounts_working_orders_within_a_second(
     run.stop()
 
 
+def test_an_order_replaced_at_the_venue_outside_the_gate_is_canceled(
+    exec_settings: Settings, start
+) -> None:
+    """Someone changes a working order at the venue (its web UI, another tool): the risk
+    gate approved 10, not 1000, so execution takes it off the market."""
+    topics = Topics(exec_settings)
+    venue = CountingPaper()
+    run = start(venue)
+    topics.send(_trade("100", T0), _order("edited", T0, limit="50"))
+    topics.reports(_has("edited", ExecType.NEW))
+    venue.modify("edited", None, quantity=to_fixed(1000))
+    reports = topics.reports(_has("edited", ExecType.CANCELED))
+    run.stop()
+    assert _types(reports, "edited") == [
+        ExecType.NEW,
+        ExecType.PENDING_CANCEL,
+        ExecType.CANCELED,
+    ]
+    pending = next(r for r in reports if r.exec_type == ExecType.PENDING_CANCEL)
+    assert "replaced at the venue without a risk decision" in (pending.reason or "")
+    assert venue.submits == {"edited": 1}
+
+
 def test_refused_venue_events_are_counted_and_never_published(
     exec_settings: Settings, start
 ) -> None:
