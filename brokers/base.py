@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from core.errors import OmniquantError
-from schemas.models import ExecType, OrderStatus, OrderType, Side, TimeInForce
+from schemas.models import ExecType, ExecutionReport, OrderStatus, OrderType, Side, TimeInForce
 
 __all__ = [
     "Broker",
@@ -77,6 +77,22 @@ class BrokerOrder:
     avg_price: int | None = None  # raw
     ts_event: int = 0  # venue time of this state (ns)
     reason: str | None = None  # why rejected / canceled, when the venue says
+
+    @classmethod
+    def from_report(cls, report: ExecutionReport, client_order_id: str) -> BrokerOrder:
+        """The order as a venue's report of it describes it, under our client order id."""
+        return cls(
+            client_order_id=client_order_id,
+            venue_order_id=report.venue_order_id or "",
+            symbol=report.symbol,
+            side=report.side,
+            quantity=report.quantity,
+            status=report.order_status,
+            filled_quantity=report.cum_quantity,
+            avg_price=report.avg_price,
+            ts_event=report.ts_event,
+            reason=report.reason,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,17 +72,7 @@ def broker_order(order: Mapping[str, Any]) -> BrokerOrder:
     """An Alpaca order object (REST answer) → BrokerOrder. Raises FeedParseError."""
     # the reader takes trade updates; an order on its own is one whose event is its status
     report, _ = _records({"event": order.get("status"), "order": order})
-    return BrokerOrder(
-        client_order_id=original_client_order_id(report.client_order_id),
-        venue_order_id=report.venue_order_id or "",
-        symbol=report.symbol,
-        side=report.side,
-        quantity=report.quantity,
-        status=report.order_status,
-        filled_quantity=report.cum_quantity,
-        avg_price=report.avg_price,
-        ts_event=report.ts_event,
-    )
+    return BrokerOrder.from_report(report, original_client_order_id(report.client_order_id))
 
 
 def broker_event(update: Mapping[str, Any]) -> BrokerEvent:

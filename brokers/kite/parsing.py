@@ -95,18 +95,7 @@ def _records(order: Mapping[str, Any], ts_init: int) -> tuple[ExecutionReport, F
 def broker_order(order: Mapping[str, Any], client_order_id: str, *, ts_init: int) -> BrokerOrder:
     """A Kite order object → BrokerOrder under our client order id. Raises FeedParseError."""
     report, _ = _records(order, ts_init)
-    return BrokerOrder(
-        client_order_id=client_order_id,
-        venue_order_id=report.venue_order_id or "",
-        symbol=report.symbol,
-        side=report.side,
-        quantity=report.quantity,
-        status=report.order_status,
-        filled_quantity=report.cum_quantity,
-        avg_price=report.avg_price,
-        ts_event=report.ts_event,
-        reason=report.reason,
-    )
+    return BrokerOrder.from_report(report, client_order_id)
 
 
 def broker_event(report: ExecutionReport, fill: Fill | None, client_order_id: str) -> BrokerEvent:
