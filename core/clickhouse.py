@@ -26,19 +26,25 @@ chDB owns its data directory (verified with chdb 4.4 and clickhouse-connect 1.12
 
 * **One process per directory.** While a process has a directory open, another process cannot
   open it; :class:`ChdbClickHouse` then raises :class:`ClickHouseError` naming the holder's
-  pid. So ``omniquant sql`` cannot read the chDB database while ``omniquant run``'s sink has
-  it open; point both at a ClickHouse server (``CLICKHOUSE_URL``) for that.
+  pid — unless the holder serves the directory over HTTP (below), which readers then use.
 * **One directory per process at a time.** Several clients on the *same* directory can be open
   at once in a process (closing one leaves the others working). Opening a *different*
   directory while any client is open fails; once every client is closed, the process can open
   another directory, and later reopen the first (close, open, close, open ... works, which is
   what the tests rely on: a fresh directory per test, each client closed at the test's end).
 * :meth:`ClickHouse.close` releases the directory: another process can open it right after.
+
+**Reading while another process writes.** The process that owns a chDB directory (the
+ClickHouse sink of ``omniquant run``) serves it read-only over the ClickHouse HTTP interface
+(:mod:`sinks.query_server`) and announces the address in ``<dir>/query-server.json``
+(:func:`announce_query_server`). :func:`connect_clickhouse` falls back to that address when
+the directory is held, so ``omniquant sql`` and ``omniquant report`` read live.
 """
 
 from __future__ import annotations
 
 import abc
+import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -57,13 +63,16 @@ from core.config import Settings, mask_url
 from core.errors import ClickHouseError
 
 __all__ = [
+    "QUERY_SERVER_FILE",
     "ChdbClickHouse",
     "ClickHouse",
     "QueryResult",
     "ServerClickHouse",
+    "announce_query_server",
     "connect_clickhouse",
 ]
 
+QUERY_SERVER_FILE = "query-server.json"
 _MAX_ERROR_CHARS = 600
 _SQL_IN_ERROR_CHARS = 200
 # "schema": a column declared with a time zone (DateTime64(9, 'UTC')) gives aware datetimes.
@@ -217,8 +226,9 @@ def _chdb_open_error(path: Path, message: str) -> str:
     if holder is not None:
         return (
             f"chDB data directory {path} is in use by process {holder}: only one process at a "
-            "time can open a chDB directory. Stop that process (e.g. `omniquant run`), or use "
-            "a ClickHouse server (CLICKHOUSE_URL) to read while the pipeline writes."
+            "time can open a chDB directory, and that one does not serve it over HTTP "
+            "(OMNIQUANT_CLICKHOUSE__QUERY_PORT). Stop that process, or use a ClickHouse "
+            "server (CLICKHOUSE_URL)."
         )
     if "already initialized" in message:
         return (
@@ -268,8 +278,39 @@ class ServerClickHouse(_ConnectClickHouse):
         super().__init__(client, where=where, secret=secret)
 
 
-def connect_clickhouse(settings: Settings) -> ClickHouse:
-    """The platform's ClickHouse: the server at CLICKHOUSE_URL if set, else chDB on disk."""
+def announce_query_server(path: Path, url: str | None) -> None:
+    """Say where this process serves its chDB directory over HTTP (None: no longer)."""
+    target = path.resolve() / QUERY_SERVER_FILE
+    if url is None:
+        target.unlink(missing_ok=True)
+        return
+    scratch = target.with_suffix(".tmp")
+    scratch.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    scratch.replace(target)  # atomic: a reader sees the old file or the new one
+
+
+def _announced_server(path: Path) -> str | None:
+    """The HTTP address the live holder of ``path`` serves it at, if it does."""
+    try:
+        data = json.loads((path.resolve() / QUERY_SERVER_FILE).read_text())
+        url, pid = str(data["url"]), int(data["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid != _chdb_holder(path.resolve()):
+        return None  # left behind by a process that has exited
+    return url
+
+
+def connect_clickhouse(settings: Settings, *, writer: bool = False) -> ClickHouse:
+    """The platform's ClickHouse: the server at CLICKHOUSE_URL if set, else chDB on disk —
+    or, while another process holds the directory, its read-only HTTP interface (not for a
+    ``writer``, which must own the directory)."""
     if settings.clickhouse.url is not None:
         return ServerClickHouse(settings.clickhouse.url.get_secret_value())
-    return ChdbClickHouse(settings.chdb_path)
+    try:
+        return ChdbClickHouse(settings.chdb_path)
+    except ClickHouseError:
+        url = None if writer else _announced_server(settings.chdb_path)
+        if url is None:
+            raise
+        return ServerClickHouse(url)

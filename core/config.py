@@ -182,6 +182,19 @@ class ClickHouseSettings(_Section):
         ge=1,
         description="drop raw ticks (trades, quotes) this many days after ingestion; unset: keep",
     )
+    query_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="the embedded store's read-only ClickHouse HTTP interface listens here "
+        "(served by the sink, which owns the chDB directory)",
+    )
+    query_port: int | None = Field(
+        default=8123,
+        ge=0,
+        le=65535,
+        description="port of that interface (0: any free port; unset: none). `omniquant sql` "
+        "and `report` find it while the pipeline runs",
+    )
     sink_instance_id: str | None = Field(
         default=None,
         min_length=1,

@@ -10,16 +10,20 @@ records (50k), whichever comes first; offsets are committed only after the inser
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from quixstreams.dataframe import StreamingDataFrame
 
-from core.clickhouse import ClickHouse, connect_clickhouse
+from core.clickhouse import ClickHouse, announce_query_server, connect_clickhouse
 from core.config import Settings
 from core.kafka import admin_client
 from sinks.clickhouse import AuditTable, ClickHouseSink, DeadLetterTable, table_specs
 from sinks.migrations import migrate
+from sinks.query_server import QueryServer
 from streams.runtime import StreamApp
+
+log = logging.getLogger(__name__)
 
 
 def _commit_every(stream: StreamApp, records: int) -> None:
@@ -44,7 +48,7 @@ def build(settings: Settings, name: str) -> tuple[StreamApp, ClickHouseSink]:
     extra = {"group.instance.id": conf.sink_instance_id} if conf.sink_instance_id else None
     stream = StreamApp(settings, name, commit_interval=conf.flush_interval_s, consumer_extra=extra)
     _commit_every(stream, conf.batch_size)
-    with connect_clickhouse(settings) as client:
+    with connect_clickhouse(settings, writer=True) as client:
         migrate(client, conf.database, tick_ttl_days=conf.tick_ttl_days)
     tables: dict[str, AuditTable] = {}
     frames: list[StreamingDataFrame] = []
@@ -58,7 +62,7 @@ def build(settings: Settings, name: str) -> tuple[StreamApp, ClickHouseSink]:
         tables[topic_name] = dead_letters
 
     def connect() -> ClickHouse:
-        return connect_clickhouse(settings)
+        return connect_clickhouse(settings, writer=True)
 
     sink = ClickHouseSink(connect, conf.database, tables, threads=conf.insert_threads)
     for sdf in frames:
@@ -66,9 +70,36 @@ def build(settings: Settings, name: str) -> tuple[StreamApp, ClickHouseSink]:
     return stream, sink
 
 
+def serve_queries(settings: Settings) -> QueryServer | None:
+    """The embedded store's read-only HTTP interface, while this process owns the chDB
+    directory (announced there, so `omniquant sql` and `report` find it). None with a
+    ClickHouse server, which has its own, or when ``clickhouse.query_port`` is unset."""
+    conf = settings.clickhouse
+    if conf.url is not None or conf.query_port is None:
+        return None
+    try:
+        server = QueryServer(
+            settings.chdb_path, conf.query_host, conf.query_port, display_name="omniquant-chdb"
+        ).start()
+    except OSError as exc:
+        # Writing the audit trail matters more than reading it live: go on without.
+        log.error(
+            "the audit store's HTTP interface could not start; live queries are off",
+            extra={"port": conf.query_port, "error": str(exc)},
+        )
+        return None
+    announce_query_server(settings.chdb_path, server.url)
+    log.info("serving the audit store read-only over HTTP", extra={"url": server.url})
+    return server
+
+
 def run(settings: Settings, *, name: str) -> None:
     stream, sink = build(settings, name)
+    server = serve_queries(settings)
     try:
         stream.run()
     finally:
+        if server is not None:
+            announce_query_server(settings.chdb_path, None)
+            server.stop()
         sink.close()
