@@ -286,6 +286,7 @@ class StreamApp:
         name: str,
         *,
         commit_interval: float = 1.0,
+        commit_every: int = 0,
         processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once",
         consumer_poll_timeout: float = 1.0,
         consumer_extra: dict[str, Any] | None = None,
@@ -313,6 +314,7 @@ class StreamApp:
             consumer_group=f"{settings.topic_prefix}{name}",
             auto_offset_reset="earliest",
             commit_interval=commit_interval,
+            commit_every=commit_every,  # 0: by interval only
             processing_guarantee=processing_guarantee,
             consumer_poll_timeout=consumer_poll_timeout,
             # Only Quix's own changelog topics are created here: the catalog topics are

@@ -11,7 +11,6 @@ records (50k), whichever comes first; offsets are committed only after the inser
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from quixstreams.dataframe import StreamingDataFrame
 
@@ -26,15 +25,6 @@ from streams.runtime import StreamApp
 log = logging.getLogger(__name__)
 
 
-def _commit_every(stream: StreamApp, records: int) -> None:
-    """Bound a checkpoint by records too (Quix's ``commit_every``; StreamApp does not pass
-    it through, so it is set on the processing context before the app runs)."""
-    context: Any = getattr(stream.app, "_processing_context", None)
-    if context is None or not hasattr(context, "commit_every"):
-        raise RuntimeError("quixstreams changed: cannot bound the sink's checkpoint size")
-    context.commit_every = records
-
-
 def dead_letter_topics(settings: Settings) -> list[str]:
     """The namespace's dead-letter topics that exist on the broker."""
     prefix = f"{settings.topic_prefix}dlq."
@@ -46,8 +36,13 @@ def build(settings: Settings, name: str) -> tuple[StreamApp, ClickHouseSink]:
     """The app under the stage name the registry gives it (its group and dead letters)."""
     conf = settings.clickhouse
     extra = {"group.instance.id": conf.sink_instance_id} if conf.sink_instance_id else None
-    stream = StreamApp(settings, name, commit_interval=conf.flush_interval_s, consumer_extra=extra)
-    _commit_every(stream, conf.batch_size)
+    stream = StreamApp(
+        settings,
+        name,
+        commit_interval=conf.flush_interval_s,
+        commit_every=conf.batch_size,
+        consumer_extra=extra,
+    )
     with connect_clickhouse(settings, writer=True) as client:
         migrate(client, conf.database, tick_ttl_days=conf.tick_ttl_days)
     tables: dict[str, AuditTable] = {}

@@ -86,7 +86,14 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
         "read_files",
         "replay",
     ),
-    "sinks": ("TABLE_BY_TOPIC", "ClickHouseSink", "TableSpec", "create_tables", "table_specs"),
+    "sinks": (
+        "TABLE_BY_TOPIC",
+        "ClickHouseSink",
+        "QueryServer",
+        "TableSpec",
+        "create_tables",
+        "table_specs",
+    ),
     "streams": ("DeadLetters", "StreamApp", "correlation_headers"),
     "streams.logic": (
         "AccountBook",
