@@ -536,6 +536,48 @@ class RiskMetricsSettings(_Section):
         return self
 
 
+class LagSettings(_Section):
+    """The lag-monitor stage and `omniquant lag`: Burrow's sliding-window rules over every
+    consumer group's committed and end offsets, plus time lag (streams/logic/lag.py)."""
+
+    window: int = Field(
+        default=12, ge=2, le=1000, description="observations per partition in the window"
+    )
+    poll_interval_s: float = Field(
+        default=5.0, gt=0, le=3600, description="how often offsets are read and a record sent"
+    )
+    stop_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="STOP: the committed offset has not moved for this long (and longer than "
+        "the window's commit span, Burrow's rule) while the group is behind",
+    )
+    max_lag_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="time lag limit: a partition whose next record is older than this is at "
+        "least WARN; unset: Burrow's rules alone",
+    )
+    allowed_lag: int = Field(
+        default=0, ge=0, description="Burrow's allowed-lag: this many records behind count as 0"
+    )
+    minimum_complete: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Burrow's minimum-complete: a window less full than this is OK",
+    )
+    max_peeks: int = Field(
+        default=200,
+        ge=0,
+        description="partitions per poll whose next record is read for its timestamp (time "
+        "lag); the rest are interpolated from the end-offset history",
+    )
+    peek_timeout_s: float = Field(
+        default=2.0, gt=0, le=60, description="time budget of those reads per poll"
+    )
+
+
 class Settings(BaseSettings):
     """All settings. Build with :func:`load_settings` to get a ConfigError on bad input."""
 
@@ -559,6 +601,7 @@ class Settings(BaseSettings):
     portfolio: PortfolioSettings = PortfolioSettings()
     risk_metrics: RiskMetricsSettings = RiskMetricsSettings()
     execution: ExecutionSettings = ExecutionSettings()
+    lag: LagSettings = LagSettings()
     topic_prefix: str = Field(
         default="omniquant.",
         description="prepended to every topic name (a backtest runs in its own namespace)",

@@ -116,3 +116,21 @@ EXPECTED_SHORTFALL = Gauge(
 )
 DRAWDOWN = Gauge("trading_drawdown", "Current drawdown from the equity peak (0..1)", ["account"])
 MAX_DRAWDOWN = Gauge("trading_max_drawdown", "Largest drawdown so far (0..1)", ["account"])
+
+
+# ---- consumer-group lag (the lag-monitor stage), labelled group, topic, partition ------
+CONSUMERGROUP_LAG = Gauge(
+    "kafka_consumergroup_lag",
+    "Records a consumer group is behind on a partition (end offset - committed offset)",
+    ["group", "topic", "partition"],
+)
+CONSUMERGROUP_LAG_SECONDS = Gauge(
+    "kafka_consumergroup_lag_seconds",
+    "Age in seconds of the next record a consumer group has not consumed (0 when caught up)",
+    ["group", "topic", "partition"],
+)
+CONSUMERGROUP_STATUS = Gauge(
+    "kafka_consumergroup_status",
+    "Burrow-style partition status: 0 OK, 1 WARN, 2 STALL, 3 STOP, 4 ERROR",
+    ["group", "topic", "partition"],
+)

@@ -118,6 +118,16 @@ RECORD_TOPICS: tuple[TopicSpec, ...] = (
         compacted=True,
         partitions=1,
     ),
+    TopicSpec(
+        "monitoring.consumer_lag",
+        "group",
+        f"{_NS}.ops.ConsumerLag",
+        "Every consumer group's lag per partition (records and seconds) and its Burrow-style "
+        "status, from the lag-monitor stage every poll.",
+        # stamped with the wall time of the observation, not an event time: time retention
+        # is right here (ClickHouse keeps the history)
+        retention_ms=7 * DAY_MS,
+    ),
 )
 
 

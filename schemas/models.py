@@ -116,6 +116,16 @@ class TradingState(StrEnum):
     HALTED = "HALTED"
 
 
+class LagStatus(StrEnum):
+    """A consumer group's health on one partition (Burrow's rules; see streams.logic.lag)."""
+
+    OK = "OK"
+    WARN = "WARN"
+    STALL = "STALL"
+    STOP = "STOP"
+    ERROR = "ERROR"
+
+
 class Record(BaseModel):
     """Base of every value record. ``AVRO_NAME`` is the full name of its Avro schema."""
 
@@ -331,6 +341,23 @@ class Control(Record):
     ts_init: TimestampNs
 
 
+_OFFSET = Field(ge=0, le=2**63 - 1)  # Avro long, never negative
+
+
+class ConsumerLag(Record):
+    AVRO_NAME: ClassVar[str] = "io.omniquant.ops.ConsumerLag"
+    group: str
+    topic: str
+    partition: int = Field(ge=0, le=2**31 - 1)  # Avro long; Kafka partitions are int32
+    committed_offset: int = _OFFSET
+    end_offset: int = _OFFSET
+    lag: int = _OFFSET
+    lag_seconds: Annotated[int, Field(ge=0, le=2**63 - 1), FixedPointField()]  # seconds, 1e-9
+    status: LagStatus
+    ts_event: TimestampNs
+    ts_init: TimestampNs
+
+
 VALUE_MODELS: tuple[type[Record], ...] = (
     Trade,
     Quote,
@@ -345,6 +372,7 @@ VALUE_MODELS: tuple[type[Record], ...] = (
     RiskMetric,
     Alert,
     Control,
+    ConsumerLag,
 )
 
 MODEL_BY_AVRO_NAME: dict[str, type[Record]] = {m.AVRO_NAME: m for m in VALUE_MODELS}

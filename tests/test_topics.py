@@ -24,6 +24,7 @@ REQUIRED = {
     "alerts",
     "control",
     "execution.orders",
+    "monitoring.consumer_lag",
 }
 # Read back only by the app that writes them (JSON): no Avro schema, not sunk.
 INTERNAL = {"execution.orders"}
