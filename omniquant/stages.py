@@ -252,6 +252,20 @@ STAGES: tuple[StageSpec, ...] = (
         figures=(LiveFigure("rows", metrics.SINK_ROWS),),
         reads_all_records=True,
     ),
+    StageSpec(
+        name="lag-monitor",
+        entry_point="streams.lag_monitor:run",
+        summary="Every consumer group on the cluster: lag in records and seconds, Burrow-style "
+        "status (OK, WARN, STALL, STOP, ERROR) → gauges and a record per partition each poll.",
+        # reads offsets through the admin API, not records: no consumer group, no dead letters
+        inputs=(),
+        outputs=("monitoring.consumer_lag",),
+        dead_letter=None,
+        figures=(
+            LiveFigure("partitions", metrics.CONSUMERGROUP_LAG, count=True),
+            LiveFigure("lag", metrics.CONSUMERGROUP_LAG),
+        ),
+    ),
 )
 
 
