@@ -584,6 +584,16 @@ def replay_command(
         raise typer.Exit(1)
 
 
+# ---- lag ----------------------------------------------------------------------------
+def _register_lag() -> None:
+    from omniquant.lag_cli import lag
+
+    app.command("lag")(lag)
+
+
+_register_lag()
+
+
 # ---- sql ----------------------------------------------------------------------------
 class OutputFormat(StrEnum):
     table = "table"

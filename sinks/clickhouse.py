@@ -89,6 +89,7 @@ TABLE_BY_TOPIC: dict[str, str] = {
     "risk.metrics": "risk_metrics",
     "alerts": "alerts",
     "control": "control_events",
+    "monitoring.consumer_lag": "consumer_lag",
 }
 
 # table → sorting key after `_topic` (how the table is read: one namespace, then ...).
@@ -108,6 +109,7 @@ ORDER_BY: dict[str, tuple[str, ...]] = {
     "risk_metrics": ("scope", "metric", "ts_event"),
     "alerts": ("source", "ts_event"),
     "control_events": ("scope", "ts_event"),
+    "consumer_lag": ("group", "topic", "partition", "ts_event"),
 }
 # Tables of raw ticks, the ones ClickHouseSettings.tick_ttl_days applies to.
 RAW_TICK_TABLES = frozenset({"trades", "quotes"})

@@ -93,6 +93,8 @@ def pipeline_env(
             "OMNIQUANT_RISK_METRICS__CADENCE_MS": "20",
             "OMNIQUANT_RISK_METRICS__WINDOW": "100",
             "OMNIQUANT_RISK_METRICS__MIN_RETURNS": "10",
+            # the lag monitor polls every second, so a short run has consumer_lag rows
+            "OMNIQUANT_LAG__POLL_INTERVAL_S": "1",
         }
     )
     return env
