@@ -438,19 +438,62 @@ class StackSettings(_Section):
 
 
 class StrategySettings(_Section):
-    """The walking skeleton's SMA crossover."""
+    """The strategy the signals stage (and a backtest) runs: a plugin chosen by name.
 
+    ``name`` is an entry point of the group ``omniquant.strategies`` or a dotted path
+    ``package.module:Class``; ``params`` its parameters as text (a JSON object in the env:
+    ``OMNIQUANT_STRATEGY__PARAMS='{"fast":"10","slow":"30","long_only":"true"}'``), validated
+    by the strategy when the stage starts. ``order_quantity`` is every strategy's default
+    ``quantity``; ``fast_window`` / ``slow_window`` are ``sma-crossover``'s default ``fast`` /
+    ``slow`` (what they always meant); ``bar_interval_ms`` is the bars every strategy sees.
+    """
+
+    name: str = Field(
+        default="sma-crossover",
+        min_length=1,
+        description="strategy: an omniquant.strategies entry point or package.module:Class",
+    )
+    params: dict[str, str] = Field(
+        default_factory=dict,
+        description='the strategy\'s parameters, JSON object of text: {"fast": "10"}',
+    )
     bar_interval_ms: int = Field(default=1000, ge=1, description="event-time bucket for closes")
-    fast_window: int = Field(default=5, ge=1)
-    slow_window: int = Field(default=20, ge=2)
-    order_quantity: Decimal = Field(default=Decimal("100"), gt=0)
+    fast_window: int = Field(default=5, ge=1, description="sma-crossover's default fast")
+    slow_window: int = Field(default=20, ge=2, description="sma-crossover's default slow")
+    order_quantity: Decimal = Field(
+        default=Decimal("100"), gt=0, description="every strategy's default quantity"
+    )
     strategy_id: str = Field(default="sma-x", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params_as_text(cls, value: Any) -> Any:
+        # JSON scalars are accepted as their text: {"fast": 10, "long_only": true}
+        if isinstance(value, dict):
+            return {k: cls._param_text(v) for k, v in value.items()}
+        return value
+
+    @staticmethod
+    def _param_text(value: Any) -> Any:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float | Decimal):
+            return str(value)
+        return value  # text stays; anything else is refused by the field's type
 
     @model_validator(mode="after")
     def _fast_below_slow(self) -> StrategySettings:
         if self.fast_window >= self.slow_window:
             raise ValueError("fast_window must be smaller than slow_window")
         return self
+
+    def default_params(self) -> dict[str, str]:
+        """Defaults under :attr:`params` from the fields above (a strategy takes the ones it
+        has): ``quantity`` for every strategy, ``fast``/``slow`` for ``sma-crossover``."""
+        defaults = {"quantity": str(self.order_quantity)}
+        if self.name == "sma-crossover":
+            defaults |= {"fast": str(self.fast_window), "slow": str(self.slow_window)}
+        return defaults
 
 
 class BarSettings(_Section):
