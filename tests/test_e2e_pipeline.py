@@ -109,7 +109,7 @@ def test_clickhouse_holds_every_trade_produced(pipeline_run) -> None:
     rows = _sql(
         env,
         "SELECT count() AS n, uniqExact(_partition, _offset) AS distinct_offsets, "
-        "uniqExact(symbol) AS symbols FROM omniquant.trades FINAL",
+        "uniqExact(symbol) AS symbols FROM omniquant.trades",
     )
     assert int(rows[0]["n"]) == TICKS
     assert int(rows[0]["distinct_offsets"]) == TICKS
@@ -118,20 +118,20 @@ def test_clickhouse_holds_every_trade_produced(pipeline_run) -> None:
 
 def test_every_order_request_has_exactly_one_risk_decision(pipeline_run) -> None:
     _, env = pipeline_run
-    requests = _sql(env, "SELECT count() AS n FROM omniquant.order_requests FINAL")
+    requests = _sql(env, "SELECT count() AS n FROM omniquant.order_requests")
     assert int(requests[0]["n"]) > 10, "the strategy should have produced orders"
     orphans = _sql(
         env,
         "SELECT r.client_order_id AS id, countIf(d.client_order_id != '') AS decisions "
-        "FROM omniquant.order_requests AS r FINAL "
-        "LEFT JOIN (SELECT client_order_id FROM omniquant.risk_decisions FINAL) AS d "
+        "FROM omniquant.order_requests AS r "
+        "LEFT JOIN (SELECT client_order_id FROM omniquant.risk_decisions) AS d "
         "ON r.client_order_id = d.client_order_id "
         "GROUP BY r.client_order_id HAVING decisions != 1",
     )
     assert orphans == []
     decisions = _sql(
         env,
-        "SELECT decision, count() AS n FROM omniquant.risk_decisions FINAL GROUP BY decision",
+        "SELECT decision, count() AS n FROM omniquant.risk_decisions GROUP BY decision",
     )
     by_decision = {row["decision"]: int(row["n"]) for row in decisions}
     assert sum(by_decision.values()) == int(requests[0]["n"])
@@ -139,7 +139,7 @@ def test_every_order_request_has_exactly_one_risk_decision(pipeline_run) -> None
     assert by_decision.get("REJECTED", 0) > 0, "the notional limit should reject reversals"
     reasons = _sql(
         env,
-        "SELECT reason FROM omniquant.risk_decisions FINAL WHERE decision = 'REJECTED' LIMIT 1",
+        "SELECT reason FROM omniquant.risk_decisions WHERE decision = 'REJECTED' LIMIT 1",
     )
     assert "notional" in reasons[0]["reason"]
 
@@ -150,8 +150,8 @@ def test_fills_match_approved_orders(pipeline_run) -> None:
         env,
         "SELECT a.client_order_id AS id, a.side AS side, a.quantity AS qty, "
         "f.side AS fill_side, f.quantity AS fill_qty "
-        "FROM (SELECT * FROM omniquant.approved_orders FINAL) AS a "
-        "FULL OUTER JOIN (SELECT * FROM omniquant.fills FINAL) AS f "
+        "FROM (SELECT * FROM omniquant.approved_orders) AS a "
+        "FULL OUTER JOIN (SELECT * FROM omniquant.fills) AS f "
         "ON a.client_order_id = f.client_order_id "
         "WHERE a.client_order_id = '' OR f.client_order_id = '' "
         "OR a.side != f.side OR a.quantity != f.quantity",
@@ -159,9 +159,9 @@ def test_fills_match_approved_orders(pipeline_run) -> None:
     assert mismatches == []
     approved = _sql(
         env,
-        "SELECT count() AS n FROM omniquant.risk_decisions FINAL WHERE decision = 'APPROVED'",
+        "SELECT count() AS n FROM omniquant.risk_decisions WHERE decision = 'APPROVED'",
     )
-    fills = _sql(env, "SELECT count() AS n FROM omniquant.fills FINAL")
+    fills = _sql(env, "SELECT count() AS n FROM omniquant.fills")
     assert int(fills[0]["n"]) == int(approved[0]["n"]) > 0
 
 
@@ -169,7 +169,7 @@ def test_fill_prices_are_trade_prices_at_or_before_the_order(pipeline_run) -> No
     _, env = pipeline_run
     bad = _sql(
         env,
-        "SELECT f.client_order_id AS id FROM omniquant.fills AS f FINAL "
+        "SELECT f.client_order_id AS id FROM omniquant.fills AS f "
         "LEFT JOIN (SELECT DISTINCT symbol, price FROM omniquant.trades) AS t "
         "ON f.symbol = t.symbol AND f.price = t.price "
         "WHERE t.symbol = ''",
@@ -189,7 +189,7 @@ def test_bars_positions_portfolio_and_risk_metrics_fill_during_the_run(pipeline_
     assert all(int(v) > 0 for v in counts.values()), counts
     metrics = _sql(
         env,
-        "SELECT metric, count() AS n FROM omniquant.risk_metrics FINAL "
+        "SELECT metric, count() AS n FROM omniquant.risk_metrics "
         "WHERE scope = 'paper' GROUP BY metric",
     )
     by_metric = {row["metric"]: int(row["n"]) for row in metrics}
