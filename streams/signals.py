@@ -1,24 +1,33 @@
-"""Signals app: trades → event-time bars → SMA crossover → signals and order requests.
+"""Signals app: trades → event-time bars → the configured strategy → signals and order requests.
+
+The strategy is a plugin (:mod:`streams.logic.strategies`) chosen by ``settings.strategy``
+(``name``, ``params``); each symbol gets a :class:`StrategyRunner` — the stage's own
+event-time bars and one instance of the strategy — the same code a backtest runs.
 
 State, per record key (the symbol), in the app's Quix state store (RocksDB + changelog):
 
-``bar``       the open bar and the late count (:meth:`SmaCrossover.bar_state`): every trade
+``ohlc``      the open bar and the late count (:meth:`StrategyRunner.bar_state`): every trade
               changes it;
-``sma``       parameters, the last ``slow`` closes, the relation and the crossover sequence
-              (:meth:`SmaCrossover.sma_state`): only a bar close changes it;
+``strategy``  name, parameters, sequence, last target and the strategy's snapshot
+              (:meth:`StrategyRunner.strategy_state`): only a bar close changes it;
 ``position``  the strategy's position: only an order changes it.
+
+State the stage wrote before strategies were plugins (``sma`` and ``bar``, of
+:class:`streams.logic.sma.SmaCrossover`) is taken over at a symbol's first trade
+(:func:`adopt_sma_machine`) and rewritten in this layout at the next commit.
 
 The hot path. A Quix state read and write per trade would cost more than the rest of the
 app together (≈10 µs of CPU against ≈2 µs; ``benchmarks/bench_signals.py --breakdown``), so
-the machines of the symbols seen live in memory (:class:`SymbolStates`) and what changed is
-written to the store right before Quix commits a checkpoint: ``bar`` for every symbol traded
-since the last commit, ``sma`` only for those whose bar closed. That checkpoint commits the
-offsets of those very trades, so the store always holds the state of exactly the committed
-trades: a restart (SIGTERM, or SIGKILL mid-checkpoint) resumes from the first uncommitted
-trade with the state before it, and reproduces the same signals (at-least-once: a signal
-produced after the last commit may be produced again, with the same id). A partition's
-symbols are dropped from memory when it is revoked, lost or assigned; the next trade of a
-symbol reads its state back from the store, which Quix has recovered from the changelog.
+the runners of the symbols seen live in memory (:class:`SymbolStates`) and what changed is
+written to the store right before Quix commits a checkpoint: ``ohlc`` for every symbol
+traded since the last commit, ``strategy`` only for those whose bar closed. That checkpoint
+commits the offsets of those very trades, so the store always holds the state of exactly the
+committed trades: a restart (SIGTERM, or SIGKILL mid-checkpoint) resumes from the first
+uncommitted trade with the state before it, and reproduces the same signals (at-least-once:
+a signal produced after the last commit may be produced again, with the same id). A
+partition's symbols are dropped from memory when it is revoked, lost or assigned; the next
+trade of a symbol reads its state back from the store, which Quix has recovered from the
+changelog.
 
 Trades are decoded straight to dicts (no pydantic); signals and orders are built as models
 (rare) and written as their dicts. One dataframe step per trade: the apply sends undecodable
@@ -38,17 +47,19 @@ from quixstreams.utils.json import dumps as quix_json_dumps
 
 from core.config import Settings
 from core.metrics import LATE_TRADES
-from schemas.fixedpoint import to_fixed
 from schemas.models import Signal
 from streams.logic.orders import signal_to_order
-from streams.logic.sma import SMA_STATE_VERSION, SmaCrossover
+from streams.logic.strategies import Configured, StrategyRunner, configure
+from streams.logic.strategies.sma_crossover import adopt_sma_machine
 from streams.runtime import DeadLetters, StreamApp, Undecodable, correlation_headers, now_ns
 
 log = logging.getLogger(__name__)
 
-BAR_KEY: Final = "bar"
-SMA_KEY: Final = "sma"
+BAR_KEY: Final = "ohlc"
+STRATEGY_KEY: Final = "strategy"
 POSITION_KEY: Final = "position"
+LEGACY_BAR_KEY: Final = "bar"  # SmaCrossover.bar_state(), before strategies were plugins
+LEGACY_SMA_KEY: Final = "sma"  # SmaCrossover.sma_state() / snapshot()
 _NO_SIGNALS: Final[tuple[()]] = ()
 
 
@@ -60,18 +71,19 @@ def _stored(value: Any) -> bytes:
 
 
 class _Symbol:
-    """One key's machine in memory, the partition it came from, and whether ``sma`` changed."""
+    """One key's runner in memory, the partition it came from, and whether ``strategy``
+    changed."""
 
-    __slots__ = ("machine", "partition", "sma_dirty")
+    __slots__ = ("partition", "runner", "strategy_dirty")
 
-    def __init__(self, machine: SmaCrossover, partition: int, sma_dirty: bool) -> None:
-        self.machine = machine
+    def __init__(self, runner: StrategyRunner, partition: int, strategy_dirty: bool) -> None:
+        self.runner = runner
         self.partition = partition
-        self.sma_dirty = sma_dirty
+        self.strategy_dirty = strategy_dirty
 
 
 class SymbolStates:
-    """The SMA machines of the keys seen, written to the Quix store before each commit.
+    """The strategy runners of the keys seen, written to the Quix store before each commit.
 
     Bound to the dataframe whose store holds them: its checkpoint commits go through
     :meth:`flush` first (every commit: on time, on revoke, on stop), and its partition
@@ -82,7 +94,7 @@ class SymbolStates:
     stops being called).
     """
 
-    def __init__(self, sdf: StreamingDataFrame, fresh: Callable[[str], SmaCrossover]) -> None:
+    def __init__(self, sdf: StreamingDataFrame, fresh: Callable[[], StrategyRunner]) -> None:
         self._context = sdf.processing_context
         self._stream_id = sdf.stream_id
         if not self._context.state_manager.stores.get(self._stream_id):
@@ -95,17 +107,30 @@ class SymbolStates:
         self._hook_commits()
         self._hook_partitions()
 
-    def load(self, key: Any, symbol: str) -> _Symbol:
-        """The key's machine from the store (or a new one), kept in memory from now on."""
+    def load(self, key: Any) -> _Symbol:
+        """The key's runner from the store (or a new one), kept in memory from now on."""
         partition = message_context().partition
         state = self._state(partition, key)
-        sma, bar = state.get(SMA_KEY), state.get(BAR_KEY)
-        if sma is None:
-            entry = _Symbol(self._fresh(symbol), partition, sma_dirty=True)
+        runner = self._fresh()
+        stored = state.get(STRATEGY_KEY)
+        if stored is not None:
+            runner.restore(stored, state.get(BAR_KEY))
+            same = runner.matches(stored)
         else:
-            machine = SmaCrossover.from_states(sma, bar)
-            # State written before the split is rewritten in the new layout at the next commit.
-            entry = _Symbol(machine, partition, sma_dirty=sma.get("version") != SMA_STATE_VERSION)
+            legacy = state.get(LEGACY_SMA_KEY)
+            if legacy is None:
+                self.symbols[key] = entry = _Symbol(runner, partition, strategy_dirty=True)
+                return entry
+            same = adopt_sma_machine(runner, legacy, state.get(LEGACY_BAR_KEY))
+        if not same:
+            log.warning(
+                "key %r: stored strategy state is of another strategy or other parameters; "
+                "the strategy %s starts afresh (signal sequence kept)",
+                key,
+                runner.configured.name,
+            )
+        # State written in another layout or by another strategy is rewritten at the commit.
+        entry = _Symbol(runner, partition, strategy_dirty=stored is None or not same)
         self.symbols[key] = entry
         return entry
 
@@ -114,10 +139,10 @@ class SymbolStates:
         dirty = self.dirty
         for key, entry in dirty.items():
             state = self._state(entry.partition, key)
-            state.set_bytes(BAR_KEY, _stored(entry.machine.bar_state()))
-            if entry.sma_dirty:
-                state.set_bytes(SMA_KEY, _stored(entry.machine.sma_state()))
-                entry.sma_dirty = False
+            state.set_bytes(BAR_KEY, _stored(entry.runner.bar_state()))
+            if entry.strategy_dirty:
+                state.set_bytes(STRATEGY_KEY, _stored(entry.runner.strategy_state()))
+                entry.strategy_dirty = False
         dirty.clear()
 
     def drop_partition(self, partition: int) -> None:
@@ -162,25 +187,26 @@ class SymbolStates:
 
 
 class SignalsProcessor:
-    """Wires the pure crossover and order logic to the app's state. No I/O of its own."""
+    """Wires the strategy runners and the order logic to the app's state. No I/O of its own.
+
+    The strategy is loaded and its parameters validated here: a bad name or parameter stops
+    the stage at start (:class:`streams.logic.strategies.StrategyError`, a ConfigError)."""
 
     def __init__(self, settings: Settings, dead_letters: DeadLetters | None = None) -> None:
         self.strategy = settings.strategy
-        self.quantity = to_fixed(settings.strategy.order_quantity)
+        self.configured: Configured = configure(
+            self.strategy.name, self.strategy.params, self.strategy.default_params()
+        )
+        self.quantity = self.configured.params.quantity_raw
         self.dead_letters = dead_letters
         self.states: SymbolStates | None = None
 
     def bind(self, sdf: StreamingDataFrame) -> None:
-        """Keep the machines in ``sdf``'s state store (it must have one: a stateful step)."""
+        """Keep the runners in ``sdf``'s state store (it must have one: a stateful step)."""
         self.states = SymbolStates(sdf, self.fresh)
 
-    def fresh(self, symbol: str) -> SmaCrossover:
-        return SmaCrossover(
-            symbol=symbol,
-            bar_interval_ms=self.strategy.bar_interval_ms,
-            fast=self.strategy.fast_window,
-            slow=self.strategy.slow_window,
-        )
+    def fresh(self) -> StrategyRunner:
+        return StrategyRunner(self.configured, self.strategy.bar_interval_ms)
 
     def on_trade(
         self, trade: dict[str, Any] | Undecodable, key: Any, timestamp: int, headers: Any
@@ -198,29 +224,31 @@ class SignalsProcessor:
         assert states is not None, "bind() the processor to its dataframe first"
         entry = states.symbols.get(key)
         if entry is None:
-            entry = states.load(key, trade["symbol"])
-        result = entry.machine.on_trade(trade["price"], trade["ts_event"])
+            entry = states.load(key)
+        step = entry.runner.on_trade(trade["price"], trade["size"], trade["ts_event"])
         states.dirty[key] = entry
-        if not result.bar_closed:
-            if result.late:
+        if not step.bar_closed:
+            if step.late:
                 LATE_TRADES.inc()
             return _NO_SIGNALS
-        entry.sma_dirty = True
-        crossover = result.crossover
-        if crossover is None:
+        entry.strategy_dirty = True
+        if not step.emissions:
             return _NO_SIGNALS
-        signal = Signal(
-            signal_id=f"{self.strategy.strategy_id}-{trade['symbol']}-{crossover.sequence}",
-            strategy_id=self.strategy.strategy_id,
-            symbol=trade["symbol"],
-            direction=crossover.direction,
-            price=crossover.price,
-            fast_value=crossover.fast,
-            slow_value=crossover.slow,
-            ts_event=crossover.ts_event,
-            ts_init=now_ns(),
+        strategy_id, symbol = self.strategy.strategy_id, trade["symbol"]
+        return tuple(
+            Signal(
+                signal_id=f"{strategy_id}-{symbol}-{emission.sequence}",
+                strategy_id=strategy_id,
+                symbol=symbol,
+                direction=emission.direction,
+                price=emission.price,
+                fast_value=emission.values[0],
+                slow_value=emission.values[1],
+                ts_event=emission.ts_event,
+                ts_init=now_ns(),
+            ).model_dump()
+            for emission in step.emissions
         )
-        return (signal.model_dump(),)
 
     def on_signal(self, signal: dict[str, Any], state: State[str, Any]) -> dict[str, Any] | None:
         """The order request a signal asks for, given the position (None when at target)."""

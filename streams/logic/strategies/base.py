@@ -304,6 +304,7 @@ class StrategyRunner:
         "_sequence",
         "_start",
         "_volume",
+        "_wants_trades",
         "configured",
         "strategy",
     )
@@ -313,6 +314,7 @@ class StrategyRunner:
             raise ValueError(f"bar_interval_ms must be >= 1, got {bar_interval_ms}")
         self.configured = configured
         self.strategy = configured.new()
+        self._wants_trades = self.strategy.wants_trades
         self._interval_ns = bar_interval_ms * _NS_PER_MS
         self._start: int | None = None
         self._open = self._open_ts = self._high = self._low = 0
@@ -340,21 +342,23 @@ class StrategyRunner:
         start = self._start
         if bucket == start:  # the common case first: one more trade in the open bar
             if ts_event >= self._close_ts:
-                self._close, self._close_ts = price, ts_event
-            if ts_event < self._open_ts:
-                self._open, self._open_ts = price, ts_event
+                self._close = price
+                self._close_ts = ts_event
+            elif ts_event < self._open_ts:
+                self._open = price
+                self._open_ts = ts_event
             if price > self._high:
                 self._high = price
             elif price < self._low:
                 self._low = price
             self._volume += size
             self._count += 1
-            if self.strategy.wants_trades:
+            if self._wants_trades:
                 return self._traded(price, size, ts_event, closed=False)
             return _NOTHING
         if start is None:
             self._open_bar(bucket, price, size, ts_event)
-            if self.strategy.wants_trades:
+            if self._wants_trades:
                 return self._traded(price, size, ts_event, closed=False)
             return _NOTHING
         if bucket < start:
@@ -373,7 +377,7 @@ class StrategyRunner:
         self._open_bar(bucket, price, size, ts_event)
         target = self.strategy.on_bar(bar)
         emitted = self._emit(target, bar.close, ts_event, start) if target is not None else None
-        if self.strategy.wants_trades:
+        if self._wants_trades:
             step = self._traded(price, size, ts_event, closed=True)
             if emitted is not None:
                 return RunnerStep((emitted, *step.emissions), bar_closed=True)
