@@ -135,6 +135,8 @@ log = logging.getLogger(__name__)
 APPROVED_AT_HEADER = "approved_at_ns"
 CHANGELOG = "execution.orders"
 BACKTEST_PREFIX = "bt-"
+#: paper venue market history in a backtest namespace: the whole run (see _market_history_ms)
+BACKTEST_HISTORY_MS = 31 * 24 * 3600 * 1000
 BROKER_SETTING = "OMNIQUANT_EXECUTION__BROKER"
 
 # bounded reason codes of trading_orders_rejected_total
@@ -167,7 +169,8 @@ class _Venue:
 
 
 def _paper(cls: type[Broker], settings: Settings) -> Broker:
-    return cls(settings.execution)  # type: ignore[call-arg]
+    history = _market_history_ms(settings)
+    return cls(settings.execution, history_ms=history)  # type: ignore[call-arg]
 
 
 def _vendor(cls: type[Broker], settings: Settings) -> Broker:
@@ -1062,10 +1065,19 @@ def build(settings: Settings, name: str) -> ExecutionConsumer:
 
 
 def _market_history_ms(settings: Settings) -> int | None:
+    """Event time of market data the paper venue keeps (and is warmed up with at start).
+
+    In a backtest namespace the stages do not run in step with one another: the market
+    topics are complete before the first order is approved, so this consumer may have read
+    hours of trades when an order arrives. A venue that forgot them would refuse the order
+    (or not, depending on how far ahead it happened to be); one that keeps the whole run
+    fills it from its history exactly as it would have live."""
     if settings.execution.broker != "paper":
         return None
     from brokers.paper.broker import DEFAULT_HISTORY_MS
 
+    if settings.topic_prefix.startswith(BACKTEST_PREFIX):
+        return BACKTEST_HISTORY_MS
     return DEFAULT_HISTORY_MS
 
 
