@@ -5,9 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUN_SECONDS ?= 90
 RUN_ARGS ?= --duration $(RUN_SECONDS)
+SHARED_DATA ?= ../shared/data
+BACKTEST_TICKS ?= $(SHARED_DATA)/Lean/Data/equity/usa/tick/spy/20131007_trade.zip
+BACKTEST_ARGS ?= --strategy sma-crossover --param fast=10 --param slow=30 --bar 1m \
+	--quantity 100 --long-only
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv up down status topics run test test-unit lint fmt docs bench clean
+.PHONY: help deps venv up down status topics run backtest test test-unit lint fmt docs bench clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -37,6 +41,16 @@ topics: up ## create the catalog's topics
 
 run: up ## run the whole pipeline for RUN_SECONDS (default 90), then print where the data is
 	$(BIN)/omniquant run $(RUN_ARGS)
+
+backtest: up ## SMA 10/30 backtest on SPY 2013-10-07 (BACKTEST_TICKS; a synthetic day if absent)
+	@ticks="$(BACKTEST_TICKS)"; \
+	if [ ! -e "$$ticks" ]; then \
+		ticks=.omniquant/synthetic/spy-synthetic-day.csv; \
+		echo "$(BACKTEST_TICKS) not found: backtesting a synthetic day ($$ticks)"; \
+		$(BIN)/python -c "from pathlib import Path; from omniquant.backtest import \
+			write_synthetic_day as w; w(Path('$$ticks'))"; \
+	fi; \
+	$(BIN)/python -m omniquant.backtest "$$ticks" $(BACKTEST_ARGS)
 
 test: deps venv ## run the whole test suite against real Kafka, Redis and chDB
 	@set +e; $(BIN)/pytest $(PYTEST_ARGS); code=$$?; \
