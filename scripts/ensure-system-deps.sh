@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to run OmniQuant locally:
-# Java 17+ (Kafka broker), Maven (resolves the Kafka jars from Maven Central), redis-server.
+# Java 17+ (Kafka broker), Maven (resolves the Kafka jars from Maven Central), redis-server,
+# chromium (headless check of the `omniquant report` page).
 # Python 3.11+ is assumed (it runs this project). Safe to run again: installs only what is missing.
 set -euo pipefail
 
@@ -14,15 +15,16 @@ java_ok() {
 java_ok || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "system deps: java $(java -version 2>&1 | awk -F'"' '/version/ {print $2}'), $(mvn -v 2>/dev/null | head -1 | sed 's/\x1b\[[0-9;]*m//g'), $(redis-server --version | cut -d' ' -f1-3)"
+  echo "system deps: java $(java -version 2>&1 | awk -F'"' '/version/ {print $2}'), $(mvn -v 2>/dev/null | head -1 | sed 's/\x1b\[[0-9;]*m//g'), $(redis-server --version | cut -d' ' -f1-3), $(chromium --version 2>/dev/null)"
   exit 0
 fi
 
 echo "system deps missing: ${missing[*]}"
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "install them with your package manager (need Java 17+, Maven, redis-server), then retry" >&2
+  echo "install them with your package manager (need Java 17+, Maven, redis-server, chromium), then retry" >&2
   exit 1
 fi
 SUDO=""

@@ -1,0 +1,48 @@
+"""The `omniquant report` command (registered in omniquant.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from core.config import load_settings
+from core.errors import ConfigError, OmniquantError
+
+__all__ = ["report"]
+
+
+def report(
+    out: Annotated[Path, typer.Option(help="directory for index.html and the PNG charts")] = Path(
+        "report"
+    ),
+    account: Annotated[
+        str | None, typer.Option(help="account (default: the one with the most snapshots)")
+    ] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="topic namespace (default: the one written last)")
+    ] = None,
+) -> None:
+    """Write a static HTML report (equity, drawdown, VaR, fills) from ClickHouse."""
+    from core.clickhouse import connect_clickhouse
+    from omniquant.report import from_clickhouse, render_report
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    try:
+        client = connect_clickhouse(settings)
+        try:
+            data = from_clickhouse(
+                client, settings.clickhouse.database, account=account, prefix=prefix
+            )
+        finally:
+            client.close()
+    except OmniquantError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    page = render_report(data, out)
+    typer.echo(str(page.resolve()))
