@@ -123,7 +123,7 @@ def var_chart(data: ReportData, path: Path) -> Path | None:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel("money per period")
     ax.set_title("VaR forecast vs realised period PnL")
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     return _finish(fig, [ax], path)
 
 
