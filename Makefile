@@ -11,7 +11,7 @@ BACKTEST_ARGS ?= --strategy sma-crossover --param fast=10 --param slow=30 --bar 
 	--quantity 100 --long-only
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv up down status topics run backtest test test-unit lint fmt docs bench clean
+.PHONY: help deps venv up down status topics run backtest test test-backtest test-unit lint fmt docs bench clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ backtest: up ## SMA 10/30 backtest on SPY 2013-10-07 (BACKTEST_TICKS; a syntheti
 test: deps venv ## run the whole test suite against real Kafka, Redis and chDB
 	@set +e; $(BIN)/pytest $(PYTEST_ARGS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$code
+
+test-backtest: deps venv ## the full-day backtest reference and determinism tests (minutes each)
+	$(BIN)/pytest -m backtest tests/test_backtest_reference.py $(PYTEST_ARGS)
 
 test-unit: venv ## fast tests only (no services)
 	$(BIN)/pytest -m "not integration and not e2e" $(PYTEST_ARGS)

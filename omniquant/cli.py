@@ -7,6 +7,7 @@ import csv
 import inspect
 import io
 import json
+import signal
 import sys
 import time
 import warnings
@@ -244,6 +245,9 @@ def _start_stage(name: str) -> Settings:
 
     settings = _settings()
     configure_logging(name, settings.log_level)
+    # Asked to stop before the stage runs (its app installs its own handler when it
+    # starts): nothing was consumed, so nothing is left to flush — a clean exit.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     serve_metrics(settings.metrics_port)
     APP_UP.labels(name).set(1)
     return settings
@@ -592,6 +596,18 @@ def _register_lag() -> None:
 
 
 _register_lag()
+
+
+# ---- backtest, report ---------------------------------------------------------------
+def _register_backtest_and_report() -> None:
+    from omniquant.backtest import backtest
+    from omniquant.report.cli import report
+
+    app.command("backtest")(backtest)
+    app.command("report")(report)
+
+
+_register_backtest_and_report()
 
 
 # ---- sql ----------------------------------------------------------------------------

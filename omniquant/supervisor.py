@@ -311,6 +311,10 @@ class Supervisor:
         # Consumers first so they are assigned before the feed's first record.
         for stage in reversed(self.stages):
             self._spawn(stage)
+        self._wait_until_up()
+        # The duration counts from here: on a loaded machine nine interpreters take a
+        # while to start, and a short run would otherwise stop stages still starting.
+        self.started_at = time.monotonic()
         broker_ok_at = time.monotonic()
         broker_failing = False  # the last periodic check got no answer
         next_broker_check = 0.0
@@ -362,6 +366,16 @@ class Supervisor:
             if self.on_tick:
                 self.on_tick(self)
             time.sleep(0.5)
+
+    def _wait_until_up(self, timeout_s: float = 120.0) -> None:
+        """Until every stage serves its metrics (it has started) or has exited (the main
+        loop reports that), at most ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        waiting = list(self.stages)
+        while waiting and time.monotonic() < deadline and not self._interrupted:
+            waiting = [s for s in waiting if s.exit_code is None and not scrape(s.metrics_port)]
+            if waiting:
+                time.sleep(0.2)
 
     def _print_log_tail(self, stage: Stage, lines: int = 15) -> None:
         if stage.log_path and stage.log_path.exists():

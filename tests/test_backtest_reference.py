@@ -38,7 +38,8 @@ from omniquant.backtest import app, phases, read_topic
 from schemas.fixedpoint import to_fixed
 from schemas.models import Fill
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+# Minutes per run on 2 cores: outside the default suite (`make test-backtest` runs it).
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.backtest]
 
 SPY = "Lean/Data/equity/usa/tick/spy/20131007_trade.zip"
 NS_PER_MINUTE = 60_000_000_000
