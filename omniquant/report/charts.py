@@ -110,6 +110,16 @@ def var_chart(data: ReportData, path: Path) -> Path | None:
     # the forecast made at i-1 covers the period ending at i
     limit = [-x for x in _floats(data.var_values[:-1])]
     ax.plot(times[1:], limit, color="tab:purple", lw=1.2, label=f"−{data.var_metric} (forecast)")
+    if any(v is not None for v in data.es_values):
+        shortfall = [-x for x in _floats(data.es_values[:-1])]
+        ax.plot(
+            times[1:],
+            shortfall,
+            color="tab:brown",
+            lw=1,
+            ls="--",
+            label=f"−{data.es_metric} (forecast)",
+        )
     if breaches:
         ax.plot(
             [times[i] for i in breaches],
@@ -122,7 +132,7 @@ def var_chart(data: ReportData, path: Path) -> Path | None:
         )
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel("money per period")
-    ax.set_title("VaR forecast vs realised period PnL")
+    ax.set_title("VaR and ES forecasts vs realised period PnL")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     return _finish(fig, [ax], path)
 

@@ -20,14 +20,27 @@ def report(
     account: Annotated[
         str | None, typer.Option(help="account (default: the one with the most snapshots)")
     ] = None,
+    symbol: Annotated[
+        str | None,
+        typer.Option(help="only this symbol's prices, orders, fills and rejections"),
+    ] = None,
     prefix: Annotated[
-        str | None, typer.Option(help="topic namespace (default: the one written last)")
+        str | None,
+        typer.Option(help="topic namespace, e.g. ps1. (default: the one written last)"),
+    ] = None,
+    run: Annotated[
+        str | None, typer.Option(help="a backtest's run id: the namespace bt-<RUN>.")
     ] = None,
 ) -> None:
     """Write a static HTML report (equity, drawdown, VaR, fills) from ClickHouse."""
     from core.clickhouse import connect_clickhouse
     from omniquant.report import from_clickhouse, render_report
 
+    if run is not None:
+        if prefix is not None:
+            typer.echo("give --prefix or --run, not both", err=True)
+            raise typer.Exit(2)
+        prefix = f"bt-{run}."
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -37,7 +50,11 @@ def report(
         client = connect_clickhouse(settings)
         try:
             data = from_clickhouse(
-                client, settings.clickhouse.database, account=account, prefix=prefix
+                client,
+                settings.clickhouse.database,
+                account=account,
+                symbol=symbol,
+                prefix=prefix,
             )
         finally:
             client.close()

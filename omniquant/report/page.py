@@ -17,6 +17,9 @@ from omniquant.report.data import ReportData, ReportStats, report_stats
 
 __all__ = ["render_page", "render_report"]
 
+# Up to this many days, the stats table lists each day's PnL.
+MAX_DAY_ROWS = 31
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1150px; color: #222; }
 h1 { margin-bottom: 0.2rem; } .meta { color: #666; margin-top: 0; }
@@ -54,6 +57,20 @@ def _stats_rows(data: ReportData, stats: ReportStats) -> list[tuple[str, str]]:
         ("Final equity", _money(stats.final_equity)),
         ("Realized PnL (last)", _money(stats.realized_pnl)),
         ("Unrealized PnL (last)", _money(stats.unrealized_pnl)),
+    ]
+    days = stats.daily_pnl
+    if days:
+        pnls = [p for _, p in days]
+        rows += [
+            ("Days (UTC)", f"{len(days):,}"),
+            ("Best day", _money(max(pnls))),
+            ("Worst day", _money(min(pnls))),
+        ]
+        if len(days) <= MAX_DAY_ROWS:
+            rows += [(f"Daily PnL {day.isoformat()}", _money(p)) for day, p in days]
+    else:
+        rows.append(("Daily PnL", "n/a"))
+    rows += [
         ("Orders", f"{stats.orders:,}"),
         ("Fills", f"{stats.fills:,}"),
         ("Rejections", f"{sum(stats.rejections.values()):,}"),
@@ -68,6 +85,15 @@ def _stats_rows(data: ReportData, stats: ReportStats) -> list[tuple[str, str]]:
             else "n/a (no forecasts)",
         )
     )
+    if data.es_metric is not None:
+        rows.append(
+            (
+                f"ES exceedances ({data.es_metric})",
+                f"{stats.es_breaches:,} of {stats.es_observations:,} periods"
+                if stats.es_observations
+                else "n/a (no forecasts)",
+            )
+        )
     return rows
 
 
@@ -79,6 +105,10 @@ def render_page(data: ReportData, charts: dict[str, Path | None]) -> str:
     meta = [
         f"namespace <code>{esc(data.namespace)}</code>" if data.namespace is not None else "",
         f"account <code>{esc(data.account)}</code>" if data.account else "",
+        f"symbol <code>{esc(data.symbol)}</code> (prices, orders, fills, rejections; equity, "
+        "drawdown and VaR are the account's)"
+        if data.symbol
+        else "",
         f"generated {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}",
     ]
     parts = [
