@@ -59,6 +59,9 @@ test: deps venv ## run the whole test suite against real Kafka, Redis and chDB
 test-backtest: deps venv ## the full-day backtest reference and determinism tests (minutes each)
 	$(BIN)/pytest -m backtest tests/test_backtest_reference.py $(PYTEST_ARGS)
 
+test-restart: deps venv ## restart/rebalance tests of signals and execution (timing-sensitive)
+	$(BIN)/pytest -m restart $(PYTEST_ARGS)
+
 test-unit: venv ## fast tests only (no services)
 	$(BIN)/pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
