@@ -35,6 +35,17 @@ BAR_TRADES_LEFT_OUT = Counter(
     ["use", "reason"],
 )
 APP_UP = Gauge("omniquant_app_up", "1 while the app runs", ["app"])
+EVENT_PROCESSING = Histogram(
+    "event_processing_seconds",
+    "Wall time a stage spends handling one consumed record (or one batch, for batching stages)",
+    ["app"],
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5),
+)
+ERRORS = Counter(
+    "errors_total",
+    "Errors a component handled and survived (dead letters, venue errors, write retries ...)",
+    ["app", "kind"],
+)
 
 # ---- execution (streams/execution.py), labelled by venue --------------------------------
 ORDERS_SUBMITTED = Counter(
@@ -51,6 +62,16 @@ ORDER_LATENCY = Histogram(
     "Wall time from the risk gate's approval to the venue's acknowledgement",
     ["venue"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+TRADES = Counter(
+    "trading_trades_total",
+    "Executions (fills and partial fills) reported by a venue",
+    ["venue", "side"],
+)
+VENUE_UP = Gauge(
+    "trading_venue_up",
+    "1 while the execution consumer's venue answers, 0 while it does not",
+    ["venue"],
 )
 ORDER_EVENTS_REFUSED = Counter(
     "trading_order_events_refused_total",
@@ -116,6 +137,14 @@ EXPECTED_SHORTFALL = Gauge(
 )
 DRAWDOWN = Gauge("trading_drawdown", "Current drawdown from the equity peak (0..1)", ["account"])
 MAX_DRAWDOWN = Gauge("trading_max_drawdown", "Largest drawdown so far (0..1)", ["account"])
+DAILY_LOSS_LIMIT = Gauge(
+    "trading_daily_loss_limit",
+    "The account's configured daily loss limit, positive, in account currency",
+    ["account"],
+)
+ACCOUNT_STATE = Gauge(
+    "trading_account_state", "Account trading state: 0 ACTIVE, 1 REDUCING, 2 HALTED", ["account"]
+)
 
 
 # ---- consumer-group lag (the lag-monitor stage), labelled group, topic, partition ------
@@ -128,6 +157,12 @@ CONSUMERGROUP_LAG_SECONDS = Gauge(
     "kafka_consumergroup_lag_seconds",
     "Age in seconds of the next record a consumer group has not consumed (0 when caught up)",
     ["group", "topic", "partition"],
+)
+KAFKA_BROKERS = Gauge(
+    "kafka_brokers", "Brokers in the cluster's metadata, as the lag monitor last read it", []
+)
+KAFKA_CLUSTER_UP = Gauge(
+    "kafka_cluster_up", "1 while the lag monitor can read cluster metadata, 0 while it cannot", []
 )
 CONSUMERGROUP_STATUS = Gauge(
     "kafka_consumergroup_status",
