@@ -610,6 +610,54 @@ def _register_backtest_and_report() -> None:
 _register_backtest_and_report()
 
 
+# ---- trace --------------------------------------------------------------------------
+@app.command()
+def trace(
+    client_order_id: Annotated[
+        str, typer.Argument(help="the order's client order id, or a unique prefix of it")
+    ],
+    prefix: Annotated[
+        str | None,
+        typer.Option(help="topic namespace, e.g. ps1. (default: the last one holding the id)"),
+    ] = None,
+    run: Annotated[
+        str | None, typer.Option(help="a backtest's run id: the namespace bt-<RUN>.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document")] = False,
+) -> None:
+    """One order's path across topics from ClickHouse: each hop's times and latency."""
+    from core.clickhouse import connect_clickhouse
+    from omniquant.trace import Trace, read_trace, render, to_json
+
+    if run is not None:
+        if prefix is not None:
+            err_console.print("give --prefix or --run, not both")
+            raise typer.Exit(2)
+        prefix = f"bt-{run}."
+    settings = _settings()
+    try:
+        client = connect_clickhouse(settings)
+        try:
+            found = read_trace(client, settings.clickhouse.database, client_order_id, prefix=prefix)
+        finally:
+            client.close()
+    except OmniquantError as exc:
+        raise _fail(exc) from None
+    if not isinstance(found, Trace):
+        where = f" in namespace {prefix!r}" if prefix is not None else ""
+        if found.candidates:
+            shown = ", ".join(found.candidates[:5]) + (", ..." if len(found.candidates) > 5 else "")
+            message = f"{client_order_id!r} is the prefix of {len(found.candidates)} ids: {shown}"
+        else:
+            message = f"no order with client order id {client_order_id!r}{where}"
+        err_console.print(message)
+        raise typer.Exit(1)
+    if as_json:
+        sys.stdout.write(json.dumps(to_json(found), indent=2) + "\n")
+    else:
+        render(found, console)
+
+
 # ---- sql ----------------------------------------------------------------------------
 class OutputFormat(StrEnum):
     table = "table"
