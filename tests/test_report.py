@@ -177,6 +177,76 @@ def test_stats_match_an_independent_numpy_computation() -> None:
     assert sum(p for _, p in stats.daily_pnl) == data.equity.values[-1] - Decimal(100000)
 
 
+def _minute_returns_pandas(data: ReportData) -> np.ndarray:
+    """Per-minute returns the pandas way: last equity per event-time minute, carried forward."""
+    eq = pd.Series(
+        [float(v) for v in data.equity.values],
+        index=pd.to_datetime(list(data.equity.ts_ns), unit="ns", utc=True),
+    )
+    return eq.resample("1min").last().ffill().pct_change().dropna().to_numpy()
+
+
+def _trips_numpy(fills: Sequence[FillPoint]) -> list[float]:
+    """Closed round trips' PnL from cash flows: a trip's PnL is the sum of its fills' signed
+    cash (sell +, buy -) between two flat points of the symbol's cumulative position."""
+    out: list[float] = []
+    for symbol in sorted({f.symbol for f in fills}):
+        own = sorted((f for f in fills if f.symbol == symbol), key=lambda f: f.ts_ns)
+        signed = np.array([float(f.quantity) * (1 if f.side == "BUY" else -1) for f in own])
+        cash = np.array([-q * float(f.price) for q, f in zip(signed, own, strict=True)])
+        flat = np.flatnonzero(np.cumsum(signed) == 0)
+        start = 0
+        for end in flat:
+            out.append(float(cash[start : end + 1].sum()))
+            start = end + 1
+    return out
+
+
+def test_performance_figures_match_pandas() -> None:
+    data = _sample()
+    stats = report_stats(data)
+    r = _minute_returns_pandas(data)
+    periods = 252 * 390
+    assert stats.performance.periods == len(r) > 10_000
+    sharpe = r.mean() / r.std(ddof=1) * np.sqrt(periods)
+    sortino = r.mean() / np.sqrt(np.mean(np.minimum(r, 0) ** 2)) * np.sqrt(periods)
+    growth = float(data.equity.values[-1]) / 100000
+    assert float(stats.performance.sharpe) == pytest.approx(sharpe, rel=1e-9)
+    assert float(stats.performance.sortino) == pytest.approx(sortino, rel=1e-9)
+    assert float(stats.performance.annualised_return) == pytest.approx(
+        growth ** (periods / len(r)) - 1, rel=1e-9
+    )
+    trips = _trips_numpy(data.fills)
+    assert stats.trips.count == len(trips) == 2
+    assert [float(p) for p in stats.trips.pnl] == pytest.approx(trips, abs=1e-9)
+    assert stats.trips.winners == sum(p > 0 for p in trips)
+    notional = sum(float(f.quantity * f.price) for f in data.fills)
+    assert float(stats.turnover) == pytest.approx(notional / 100000, rel=1e-12)
+    # exposure: the hours with an open position (cumulative |position| over all symbols > 0)
+    ts = np.array(data.equity.ts_ns)
+    held = np.zeros(len(ts), dtype=bool)
+    for symbol in {f.symbol for f in data.fills}:
+        pos = np.zeros(len(ts))
+        for f in data.fills:
+            if f.symbol == symbol:
+                pos[ts >= f.ts_ns] += float(f.quantity) * (1 if f.side == "BUY" else -1)
+        held |= pos != 0
+    expected = held[:-1].sum() / (len(ts) - 1)  # each step's state is the one at its start
+    assert float(stats.exposure) == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_reversal_closes_one_trip_and_opens_the_next() -> None:
+    fills = (
+        FillPoint(T0, "X", "BUY", Decimal(100), Decimal("10")),
+        FillPoint(T0 + 1, "X", "SELL", Decimal(300), Decimal("11")),  # +100 closed, short 200
+        FillPoint(T0 + 2, "X", "BUY", Decimal(200), Decimal("12")),  # short loses 200
+    )
+    stats = report_stats(ReportData(fills=fills))
+    assert stats.trips.pnl == (Decimal(100), Decimal(-200))
+    assert stats.trips.hit_rate == Decimal("0.5")
+    assert _trips_numpy(fills) != [100.0, -200.0]  # the cash-flow method cannot split a flip
+
+
 def test_the_page_s_stats_table_shows_the_independently_computed_figures(tmp_path: Path) -> None:
     data = _sample()
     table = _stats_table(render_report(data, tmp_path).read_text())
@@ -202,6 +272,14 @@ def test_the_page_s_stats_table_shows_the_independently_computed_figures(tmp_pat
     assert table["VaR breaches (VAR_99_HISTORICAL)"] == f"{var_hits} of {var_tested} periods"
     assert table["ES exceedances (ES_99_HISTORICAL)"] == f"{es_hits} of {es_tested} periods"
     assert (table["Orders"], table["Fills"], table["Rejections"]) == ("7", "5", "2")
+    r = _minute_returns_pandas(data)
+    sharpe = r.mean() / r.std(ddof=1) * np.sqrt(252 * 390)
+    assert float(table["Sharpe (annualised)"]) == pytest.approx(sharpe, abs=5e-5)
+    assert table["Round trips"] == "2"
+    assert _percent(table["Hit rate"]) == pytest.approx(0.5)
+    assert float(table["Turnover (notional / start)"]) == pytest.approx(
+        sum(float(f.quantity * f.price) for f in data.fills) / 100000, abs=5e-5
+    )
     assert table["— risk gate: MAX_ORDER_NOTIONAL"] == "2"
 
 

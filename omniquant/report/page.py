@@ -48,9 +48,18 @@ def _percent(value: Decimal | None) -> str:
     return "n/a" if value is None else f"{value * 100:.4f} %"
 
 
+def _ratio(value: Decimal | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def _stats_rows(data: ReportData, stats: ReportStats) -> list[tuple[str, str]]:
+    perf, trips = stats.performance, stats.trips
     rows = [
         ("Total return", _percent(stats.total_return)),
+        ("Annualised return", _percent(perf.annualised_return)),
+        ("Sharpe (annualised)", _ratio(perf.sharpe)),
+        ("Sortino (annualised)", _ratio(perf.sortino)),
+        ("Minute returns", f"{perf.periods:,}"),
         ("Max drawdown", _percent(stats.max_drawdown)),
         ("Max drawdown (money)", _money(stats.max_drawdown_amount)),
         ("Starting cash", _money(data.starting_cash)),
@@ -73,6 +82,10 @@ def _stats_rows(data: ReportData, stats: ReportStats) -> list[tuple[str, str]]:
     rows += [
         ("Orders", f"{stats.orders:,}"),
         ("Fills", f"{stats.fills:,}"),
+        ("Round trips", f"{trips.count:,}"),
+        ("Hit rate", _percent(trips.hit_rate)),
+        ("Turnover (notional / start)", _ratio(stats.turnover)),
+        ("Exposure (time in market)", _percent(stats.exposure)),
         ("Rejections", f"{sum(stats.rejections.values()):,}"),
     ]
     rows += [(f"— {reason}", f"{n:,}") for reason, n in stats.rejections.items()]
