@@ -25,6 +25,7 @@ from quixstreams import State, message_context
 
 from core.config import Settings
 from core.errors import ConfigError
+from core.logs import correlated
 from core.metrics import RISK_DECISIONS
 from schemas.models import Decision, OrderRequest
 from streams.account_view import AccountView, ExposureBook
@@ -236,6 +237,11 @@ class RiskGateProcessor:
         )
         state.set(seen, 1)
         RISK_DECISIONS.labels(decision.decision.value).inc()
+        with correlated(order.client_order_id):
+            log.info(
+                "risk decision",
+                extra={"decision": decision.decision.value, "reason": decision.reason},
+            )
         approved = decision.decision == Decision.APPROVED
         if approved:
             state.set(

@@ -46,6 +46,7 @@ from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.utils.json import dumps as quix_json_dumps
 
 from core.config import Settings
+from core.logs import correlated
 from core.metrics import LATE_TRADES
 from schemas.models import Signal
 from streams.logic.orders import signal_to_order
@@ -262,6 +263,8 @@ class SignalsProcessor:
         state.set(
             POSITION_KEY, position + (order.quantity if order.side == "BUY" else -order.quantity)
         )
+        with correlated(order.client_order_id):
+            log.info("order request", extra={"signal_id": model.signal_id, "side": order.side})
         return order.model_dump()
 
 
