@@ -13,9 +13,11 @@ The judging is pure (:mod:`streams.logic.lag`).
 :class:`LagMonitor` is the stage: every ``poll_interval_s`` it collects, evaluates, sets
 ``kafka_consumergroup_lag``, ``kafka_consumergroup_lag_seconds`` and
 ``kafka_consumergroup_status`` (0 OK, 1 WARN, 2 STALL, 3 STOP, 4 ERROR; labels group, topic,
-partition; a partition no longer reported loses its samples) and produces one
-:class:`schemas.models.ConsumerLag` per partition to ``monitoring.consumer_lag`` (key: the
-group), which the ClickHouse sink stores in ``consumer_lag``. It consumes nothing itself.
+partition; a partition no longer reported loses its samples), ``kafka_brokers`` and
+``kafka_cluster_up`` (1 when the poll's metadata request answered, 0 when it failed) and
+produces one :class:`schemas.models.ConsumerLag` per partition to ``monitoring.consumer_lag``
+(key: the group), which the ClickHouse sink stores in ``consumer_lag``. It consumes nothing
+itself.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from core.metrics import (
     CONSUMERGROUP_LAG,
     CONSUMERGROUP_LAG_SECONDS,
     CONSUMERGROUP_STATUS,
+    KAFKA_BROKERS,
+    KAFKA_CLUSTER_UP,
     MESSAGES_OUT,
 )
 from core.topics import TopicNames
@@ -96,6 +100,10 @@ class LagCollector:
         self._admin: AdminClient = admin_client(settings)
 
     # ---- offsets ----------------------------------------------------------------------
+    def brokers(self) -> int:
+        """Brokers in the cluster's metadata (raises KafkaException when it does not answer)."""
+        return len(self._admin.list_topics(timeout=self._timeout).brokers)
+
     def groups(self) -> list[str]:
         result = self._admin.list_consumer_groups(request_timeout=self._timeout).result()
         for error in result.errors:
@@ -314,6 +322,7 @@ class LagMonitor:
 
     def poll_once(self) -> list[GroupLag]:
         now = time.time_ns()
+        self._observe_cluster()
         lag = self.settings.lag
         observed = self.collector.collect(
             now, max_peeks=lag.max_peeks, peek_timeout=lag.peek_timeout_s
@@ -325,6 +334,15 @@ class LagMonitor:
         self._export(groups)
         self._produce(lag_records(groups, now, time.time_ns()))
         return groups
+
+    def _observe_cluster(self) -> None:
+        try:
+            brokers = self.collector.brokers()
+        except KafkaException:
+            KAFKA_CLUSTER_UP.set(0)
+            raise
+        KAFKA_CLUSTER_UP.set(1)
+        KAFKA_BROKERS.set(brokers)
 
     def _export(self, groups: list[GroupLag]) -> None:
         labels: set[tuple[str, str, str]] = set()

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from prometheus_client import REGISTRY
 
 from core.config import LagSettings, Settings
@@ -270,6 +270,8 @@ def test_the_stage_publishes_a_record_per_partition_and_exports_gauges(
         assert REGISTRY.get_sample_value("kafka_consumergroup_lag", labels) == 4
         assert REGISTRY.get_sample_value("kafka_consumergroup_status", labels) == 3  # STOP
         assert REGISTRY.get_sample_value("kafka_consumergroup_lag_seconds", labels) > 0
+        assert REGISTRY.get_sample_value("kafka_cluster_up") == 1
+        assert REGISTRY.get_sample_value("kafka_brokers") == 1  # the session's one broker
     finally:
         stop.set()
         thread.join(10)
@@ -284,3 +286,25 @@ def test_the_stage_publishes_a_record_per_partition_and_exports_gauges(
     )
     assert last.lag_seconds > 0 and last.ts_init >= last.ts_event
     assert not thread.is_alive()
+
+
+def test_cluster_up_drops_to_zero_while_metadata_cannot_be_read_and_comes_back(
+    settings: Settings,
+) -> None:
+    ensure_topics(settings, TopicCatalog((spec(LAG_TOPIC),)))
+    monitor = LagMonitor(settings, "lag-monitor")
+    reachable = monitor.collector
+    unreachable = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"bootstrap_servers": "127.0.0.1:9"})}
+    )
+    try:
+        monitor.collector = LagCollector(unreachable, timeout=1.0)
+        with pytest.raises(KafkaException):
+            monitor.poll_once()
+        assert REGISTRY.get_sample_value("kafka_cluster_up") == 0
+        monitor.collector = reachable
+        monitor.poll_once()
+        assert REGISTRY.get_sample_value("kafka_cluster_up") == 1
+        assert REGISTRY.get_sample_value("kafka_brokers") == 1
+    finally:
+        monitor.close()
