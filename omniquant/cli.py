@@ -650,7 +650,7 @@ def trace(
             message = f"{client_order_id!r} is the prefix of {len(found.candidates)} ids: {shown}"
         else:
             message = f"no order with client order id {client_order_id!r}{where}"
-        err_console.print(message)
+        err_console.print(message, soft_wrap=True)
         raise typer.Exit(1)
     if as_json:
         sys.stdout.write(json.dumps(to_json(found), indent=2) + "\n")

@@ -498,27 +498,35 @@ def to_json(trace: Trace) -> dict[str, Any]:
 
 
 def render(trace: Trace, console: Console) -> None:
-    """A table of the hops, one row each, with both latencies from the previous hop."""
-    title = f"order {trace.client_order_id} in namespace {trace.namespace!r}"
+    """A table of the hops, one row each: the record's event time and when its stage made it,
+    and both latencies from the previous hop."""
+    day = iso_ns(trace.hops[0].ts_event)[:10] if trace.hops else ""
+    same_day = all(
+        iso_ns(t)[:10] == day for h in trace.hops for t in (h.ts_event, h.processed_ns) if t
+    )
+
+    def when(ns: int | None) -> str:
+        text = iso_ns(ns)
+        return text[11:] if same_day and ns is not None else text
+
+    title = f"order {trace.client_order_id} — namespace {trace.namespace!r}"
+    if same_day and day:
+        title += f" — {day} UTC"
     if trace.decision is not None:
         title += f" — {trace.decision}"
     table = Table(title=title)
     table.add_column("hop")
     table.add_column("stage → topic")
-    table.add_column("event time (UTC)")
-    table.add_column("processed (UTC)")
-    table.add_column("Δ event ms", justify="right")
-    table.add_column("Δ proc ms", justify="right")
+    table.add_column("event time / made at")
+    table.add_column("Δ ms event / made", justify="right")
     table.add_column("detail")
     for hop in trace.hops:
-        processed = iso_ns(hop.processed_ns)
+        topic = hop.topic.removeprefix(trace.namespace)
         table.add_row(
             hop.kind.value,
-            f"{hop.stage} → {hop.topic}",
-            iso_ns(hop.ts_event),
-            processed[11:] if processed[:10] == iso_ns(hop.ts_event)[:10] else processed,
-            _ms(hop.latency_event_ns),
-            _ms(hop.latency_processing_ns),
+            f"{hop.stage} → {topic}",
+            f"{when(hop.ts_event)}\n{when(hop.processed_ns)}",
+            f"{_ms(hop.latency_event_ns)}\n{_ms(hop.latency_processing_ns)}",
             hop.summary,
         )
     console.print(table)
