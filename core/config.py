@@ -653,6 +653,12 @@ class Settings(BaseSettings):
     metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Prometheus port of this process; 0 = none"
     )
+    readiness_max_lag_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="/readyz fails while a stream app handles records whose Kafka timestamp "
+        "is more than this behind the wall clock and it has not caught up; 0 = no lag check",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="before")

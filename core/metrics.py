@@ -6,7 +6,15 @@ floats only because Prometheus has no other type; ledgers stay exact ints.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from core.health import HEALTH, Health
 
 MESSAGES_IN = Counter(
     "omniquant_messages_in_total", "Records consumed and processed", ["app", "topic"]
@@ -80,10 +88,53 @@ ORDER_EVENTS_REFUSED = Counter(
 )
 
 
-def serve_metrics(port: int) -> None:
-    """Start the /metrics HTTP endpoint in a daemon thread (port 0: do nothing)."""
-    if port:
-        start_http_server(port, addr="0.0.0.0")  # noqa: S104 - scraped from other containers
+def serve_metrics(
+    port: int,
+    *,
+    addr: str = "0.0.0.0",  # noqa: S104 - scraped from other containers
+    health: Health | None = None,
+) -> ThreadingHTTPServer | None:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``port`` from a daemon thread.
+
+    ``/metrics``: the Prometheus exposition (text, or OpenMetrics when asked for).
+    ``/healthz``: 200 while every liveness check of ``health`` (default: the process's
+    :data:`core.health.HEALTH`) passes, 503 otherwise. ``/readyz``: the same over the
+    readiness checks. Both answer JSON with each check's reason. Port 0: nothing is served
+    (returns None); otherwise the running server (``shutdown()`` stops it).
+    """
+    if not port:
+        return None
+    checks = health or HEALTH
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                self._send(200, content_type, encoder(REGISTRY))
+            elif path in ("/healthz", "/readyz"):
+                report = checks.liveness() if path == "/healthz" else checks.readiness()
+                body = json.dumps(report.as_json(), sort_keys=True).encode()
+                self._send(200 if report.ok else 503, "application/json", body)
+            else:
+                self._send(
+                    404, "text/plain; charset=utf-8", b"not found: /metrics /healthz /readyz\n"
+                )
+
+        def _send(self, code: int, content_type: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # scraped every few seconds (the supervisor: every 0.5 s); not worth a line
+
+    server = ThreadingHTTPServer((addr, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server
 
 
 # ---- market data feeds (producers/) ----------------------------------------------------

@@ -6,7 +6,10 @@ An app built here
   original bytes (or the decoded value as JSON when only that is left) and the error in
   headers, counts it, and keeps running;
 - uses its own consumer group ``<topic prefix><app>``, commits after processing
-  (at-least-once), and a state dir under ``<state_dir>/quix/<app>``.
+  (at-least-once), and a state dir under ``<state_dir>/quix/<app>``;
+- tells ``/healthz`` and ``/readyz`` (:mod:`core.health`) whether its main loop turns,
+  whether it has partitions and how far behind the wall clock its records are, and times
+  one consumed record in :data:`EVENT_SAMPLE_EVERY` into ``event_processing_seconds``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from confluent_kafka import Producer
+from confluent_kafka import Producer, TopicPartition
 from quixstreams import Application, message_context
 from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.kafka.configuration import ConnectionConfig
@@ -32,14 +35,24 @@ from quixstreams.models.topics import Topic, TopicAdmin, TopicManager
 
 from core.config import Settings
 from core.errors import SerdeError, TopicError
+from core.health import HEALTH, Heartbeat
 from core.kafka import PARTITIONER, admin_client, producer_config
 from core.logs import CORRELATION_HEADER
-from core.metrics import DEAD_LETTERS, MESSAGES_IN, MESSAGES_OUT
+from core.metrics import DEAD_LETTERS, ERRORS, EVENT_PROCESSING, MESSAGES_IN, MESSAGES_OUT
 from core.topics import TopicNames, spec
 from schemas.models import MODEL_BY_AVRO_NAME, Record
 from schemas.serde import AvroSerde
 
 log = logging.getLogger(__name__)
+
+#: one consumed record in this many is timed into event_processing_seconds: a histogram
+#: observation costs more than the rest of a record's bookkeeping together
+EVENT_SAMPLE_EVERY = 16
+#: /healthz fails once an app's main loop has not turned for this long (a Quix loop turns
+#: at least once per poll timeout; state recovery, which does not turn it, is exempt)
+LIVENESS_STALL_S = 120.0
+#: an empty poll this recent means the app is caught up: no time lag
+CAUGHT_UP_WITHIN_S = 5.0
 
 # Headers a dead letter carries besides the original ones.
 DLQ_HEADERS = (
@@ -52,6 +65,149 @@ DLQ_HEADERS = (
     "dlq.original.offset",
     "dlq.original.timestamp",
 )
+
+
+class SampledTimer:
+    """Times one record in ``every`` into ``observe`` (seconds): :meth:`start` when a
+    record's handling begins, :meth:`stop` when it ends; both next to free when not timing.
+    """
+
+    __slots__ = ("_every", "_left", "_observe", "_t0")
+
+    def __init__(self, observe: Callable[[float], None], every: int = EVENT_SAMPLE_EVERY) -> None:
+        self._observe = observe
+        self._every = every
+        self._left = 1
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        self._left -= 1
+        if self._left <= 0:
+            self._left = self._every
+            self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._t0:
+            self._observe(time.perf_counter() - self._t0)
+            self._t0 = 0.0
+
+
+class AppHealth:
+    """What ``/healthz`` and ``/readyz`` know of one app. Its thread writes plain
+    attributes (no locks on the hot path); the checks read them from the HTTP thread.
+
+    - liveness ``<app>: main loop``: the loop turned within :data:`LIVENESS_STALL_S`, or the
+      app is recovering its state (which can take long and is not a hang);
+    - readiness ``<app>: partitions assigned``: it owns at least one input partition (an
+      instance beyond the partition count stays unready, which is what it is);
+    - readiness ``<app>: time lag`` (when ``max_lag_s`` > 0): the last record it handled is
+      at most ``max_lag_s`` behind the wall clock, or it has caught up (an empty poll within
+      :data:`CAUGHT_UP_WITHIN_S`). Kafka timestamps are event times here: a replay is
+      unready until it has caught up, a live stage while it is far behind.
+    """
+
+    def __init__(self, app: str, topics: set[str], max_lag_s: float) -> None:
+        self.app = app
+        self.topics = topics  # our catalog topics (not Quix's changelogs)
+        self.max_lag_s = max_lag_s
+        self.heartbeat = Heartbeat(LIVENESS_STALL_S)
+        self.timer = SampledTimer(EVENT_PROCESSING.labels(app).observe)
+        self.assigned: frozenset[tuple[str, int]] = frozenset()
+        self.recovering = False
+        self.processed = 0
+        self.caught_up_at: float | None = None  # monotonic time of the last empty poll
+        self.last_ts_ms: int | None = None  # Kafka timestamp of the last record handled
+
+    @property
+    def check_names(self) -> tuple[str, str, str]:
+        return (
+            f"{self.app}: main loop",
+            f"{self.app}: partitions assigned",
+            f"{self.app}: time lag",
+        )
+
+    def register(self) -> None:
+        loop, partitions, lag = self.check_names
+        HEALTH.register(loop, self.alive, kind="liveness")
+        HEALTH.register(partitions, self.partitions_check)
+        if self.max_lag_s > 0:
+            HEALTH.register(lag, self.lag_check)
+
+    def unregister(self) -> None:
+        for name in self.check_names:
+            HEALTH.unregister(name)
+
+    # ---- written by the app's thread -------------------------------------------------
+    def on_processed(self, _topic: str, _partition: int, _offset: int) -> None:
+        """Quix ``on_message_processed``: one record handled."""
+        self.processed += 1
+        self.timer.stop()
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        ours = {(tp.topic, tp.partition) for tp in partitions if tp.topic in self.topics}
+        self.assigned = self.assigned | ours
+
+    def revoke(self, partitions: list[TopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self.assigned = self.assigned - gone
+
+    # ---- the checks (HTTP thread) ----------------------------------------------------
+    def alive(self) -> tuple[bool, str]:
+        if self.recovering:
+            return True, "recovering state from changelog topics"
+        return self.heartbeat.check()
+
+    def partitions_check(self) -> tuple[bool, str]:
+        assigned = self.assigned
+        if self.recovering:
+            return False, "recovering state from changelog topics"
+        if not assigned:
+            return False, "no input partition assigned (starting, rebalancing, or idle member)"
+        topics = sorted({t for t, _ in assigned})
+        return True, f"{len(assigned)} partition(s) of {', '.join(topics)}"
+
+    def lag_check(self) -> tuple[bool, str]:
+        ts_ms, caught_up_at = self.last_ts_ms, self.caught_up_at
+        if caught_up_at is not None and time.monotonic() - caught_up_at <= CAUGHT_UP_WITHIN_S:
+            return True, "caught up"
+        if ts_ms is None:
+            return True, "no record handled yet"
+        lag = time.time() - ts_ms / 1000
+        if lag > self.max_lag_s:
+            return False, f"{lag:.0f} s behind the wall clock (limit {self.max_lag_s:g} s)"
+        return True, f"{max(lag, 0.0):.1f} s behind the wall clock"
+
+
+class _ObservedApplication(Application):
+    """Quix's Application reporting its loop and its partitions to an :class:`AppHealth`.
+
+    Extends the rebalance callbacks Application hands its consumer and the step its run
+    loop takes per poll; each calls Quix's own first (or around it).
+    """
+
+    health: AppHealth
+
+    def _process_message(self, dataframe_composed: Any) -> None:
+        health = self.health
+        health.heartbeat.beat()
+        processed = health.processed
+        super()._process_message(dataframe_composed)  # type: ignore[no-untyped-call]
+        if health.processed == processed:  # nothing came: caught up
+            health.caught_up_at = health.heartbeat.last
+
+    def _on_assign(self, consumer: Any, topic_partitions: list[TopicPartition]) -> None:
+        super()._on_assign(consumer, topic_partitions)
+        self.health.assign(topic_partitions)
+        self.health.recovering = self._state_manager.recovery_required
+        self.health.heartbeat.beat()
+
+    def _on_revoke(self, consumer: Any, topic_partitions: list[TopicPartition]) -> None:
+        super()._on_revoke(consumer, topic_partitions)
+        self.health.revoke(topic_partitions)
+
+    def _on_lost(self, consumer: Any, topic_partitions: list[TopicPartition]) -> None:
+        super()._on_lost(consumer, topic_partitions)
+        self.health.revoke(topic_partitions)
 
 
 class Undecodable:
@@ -77,13 +233,17 @@ class AvroRecordDeserializer(Deserializer):
     that decode are exactly those a pydantic-validated decode accepts.
     """
 
-    def __init__(self, serde: AvroSerde, model: type[Record], app: str) -> None:
+    def __init__(
+        self, serde: AvroSerde, model: type[Record], app: str, timer: SampledTimer | None = None
+    ) -> None:
         self._serde = serde
         self._model = model
         self._app = app
         self._counted: dict[str, Any] = {}  # topic → its MESSAGES_IN child
+        self._start = timer.start if timer is not None else _nothing
 
     def __call__(self, value: bytes, ctx: SerializationContext) -> Any:
+        self._start()  # a record's handling begins with its decoding
         try:
             record = self._serde.decode_dict(value, self._model, topic=ctx.topic)
         except SerdeError as exc:
@@ -128,6 +288,10 @@ class AvroRecordSerializer(Serializer):
         return data
 
 
+def _nothing() -> None:
+    pass
+
+
 def _header_bytes(value: object) -> bytes:
     return str(value).encode("utf-8")[:4096]
 
@@ -143,6 +307,7 @@ class DeadLetters:
         self.app = app
         self.topic = TopicNames(settings.topic_prefix).dead_letter(app)
         self._producer = Producer(producer_config(settings, **{"client.id": f"{app}-dlq"}))
+        self._errors = ERRORS.labels(app, "dead_letter")
 
     def publish(
         self,
@@ -183,6 +348,7 @@ class DeadLetters:
             # and the supervisor reports it; the offset stays uncommitted.
             raise RuntimeError(f"dead letter to {self.topic} was not delivered: {failures}")
         DEAD_LETTERS.labels(self.app, topic or "", type(error).__name__).inc()
+        self._errors.inc()
         log.warning(
             "record sent to dead-letter topic",
             extra={
@@ -297,6 +463,7 @@ class StreamApp:
         self.serde = AvroSerde.from_settings(settings)
         self.dead_letters = DeadLetters(settings, name)
         self._used_topics: set[str] = {self.dead_letters.topic}
+        self.health = AppHealth(name, self._used_topics, settings.readiness_max_lag_seconds)
         connection = ConnectionConfig.from_librdkafka_dict(
             dict(settings.kafka_client_config()), ignore_extras=True
         )
@@ -308,7 +475,7 @@ class StreamApp:
             create_timeout=60,
             auto_create_topics=True,
         )
-        self.app = Application(
+        self.app = _ObservedApplication(
             broker_address=connection,
             topic_manager=topic_manager,
             consumer_group=f"{settings.topic_prefix}{name}",
@@ -323,11 +490,14 @@ class StreamApp:
             state_dir=str(settings.state_dir / "quix" / f"{settings.topic_prefix}{name}"),
             on_consumer_error=self.dead_letters.on_consumer_error,
             on_processing_error=self.dead_letters.on_processing_error,
+            on_message_processed=self.health.on_processed,
             producer_extra_config=producer_extra,
             consumer_extra_config=consumer_extra or {},
             loglevel=None,
             broker_availability_timeout=30.0,
         )
+        self.app.health = self.health
+        self.health.register()  # unready until it runs and is assigned partitions
 
     @property
     def consumer_group(self) -> str:
@@ -345,13 +515,19 @@ class StreamApp:
             key_serializer="str",
             key_deserializer="str",
             value_serializer=AvroRecordSerializer(self.serde, model, self.name),
-            value_deserializer=AvroRecordDeserializer(self.serde, model, self.name),
+            value_deserializer=AvroRecordDeserializer(
+                self.serde, model, self.name, self.health.timer
+            ),
         )
 
     def dataframe(self, logical_name: str) -> StreamingDataFrame:
         """A dataframe over a catalog topic whose undecodable records go to dead letters."""
         sdf = self.app.dataframe(self.topic(logical_name))
-        return sdf.filter(self.dead_letters.keep_decodable, metadata=True)
+        return sdf.filter(self._first_step, metadata=True)
+
+    def _first_step(self, value: Any, key: Any, timestamp: int, headers: Any) -> bool:
+        self.health.last_ts_ms = timestamp  # for the time-lag check
+        return self.dead_letters.keep_decodable(value, key, timestamp, headers)
 
     def require_topics(self) -> None:
         """Fail with a clear message when a catalog topic this app uses is missing."""
@@ -363,10 +539,11 @@ class StreamApp:
             )
 
     def run(self) -> None:
-        self.require_topics()
         try:
+            self.require_topics()
             self.app.run()
         finally:
+            self.health.unregister()
             self.dead_letters.close()
 
 
