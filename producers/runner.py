@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from core.config import Settings
+from core.health import HEALTH
 from core.logs import CORRELATION_HEADER
 from core.metrics import (
     MARKET_DATA_ERRORS,
@@ -97,6 +98,7 @@ class FeedRunner:
         self.stats = FeedStats()
         self._last_event = time.monotonic()
         self._stale = False
+        self._connected = False  # subscribed on a live link (``/readyz``)
         self._topics: dict[type[Record], str] = {
             Trade: self.names.trades,
             Quote: self.names.quotes,
@@ -179,15 +181,24 @@ class FeedRunner:
                 log.warning("feed stale", extra={"source": self.feed.source, "silent_s": silent})
 
     # ---- main loop -------------------------------------------------------------------
+    def connected_check(self) -> tuple[bool, str]:
+        """Readiness ``feed-<source>: connected``: subscribed on a live link."""
+        if self._connected:
+            return True, f"subscribed to {len(self.feed.subscribed)} symbol(s)"
+        return False, f"{self.feed.source}: not connected (connecting or reconnecting)"
+
     async def run(self, stop: asyncio.Event) -> FeedStats:
         watchdog = asyncio.create_task(self._watch_staleness())
         attempt = 0
+        check_name = f"feed-{self.feed.source}: connected"
+        HEALTH.register(check_name, self.connected_check)
         try:
             while not stop.is_set():
                 try:
                     await self.feed.connect()
                     self.stats.connects += 1
                     await self.feed.subscribe(self.symbols)
+                    self._connected = True
                     self._last_event = time.monotonic()
                     attempt = 0
                     await self._pump(stop)
@@ -197,6 +208,7 @@ class FeedRunner:
                 except FeedError:
                     raise
                 except (TimeoutError, FeedDisconnected, OSError) as exc:
+                    self._connected = False
                     self.stats.disconnects += 1
                     MARKET_DATA_ERRORS.labels(self.feed.source, "disconnect").inc()
                     if (
@@ -217,6 +229,8 @@ class FeedRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=delay)
         finally:
+            self._connected = False
+            HEALTH.unregister(check_name)
             watchdog.cancel()
             await self.feed.close()
             self.producer.flush()

@@ -50,6 +50,14 @@ Kill switch
     cancelled at the venue (PENDING_CANCEL, then the venue's CANCELED) within a second. An
     order of a halted account that arrives anyway is rejected, not submitted.
 
+Health and metrics
+    ``/healthz``: the loop turns (:data:`~streams.runtime.LIVENESS_STALL_S`). ``/readyz``:
+    the inputs are assigned (the book is rebuilt, orders are consumed) and the venue
+    answered its last call (``trading_venue_up``). Every fill a venue reports counts in
+    ``trading_trades_total{venue,side}``; an unavailable venue, a commit retried and a
+    transaction aborted in ``errors_total{app,kind}``; one handled record in
+    :data:`~streams.runtime.EVENT_SAMPLE_EVERY` is timed into ``event_processing_seconds``.
+
 A record that cannot be decoded goes to ``dlq.<stage>`` with the error in headers
 (:class:`~streams.runtime.DeadLetters`) and the loop carries on. A live venue is never
 built in a backtest namespace (prefix ``bt-``).
@@ -91,9 +99,12 @@ from brokers.base import (
 )
 from core.config import Settings
 from core.errors import ConfigError, SerdeError, TopicError
+from core.health import HEALTH, Heartbeat
 from core.kafka import admin_client, consumer_config, producer_config, retry_transient
 from core.logs import CORRELATION_HEADER, correlated, header_value
 from core.metrics import (
+    ERRORS,
+    EVENT_PROCESSING,
     FILLS,
     MESSAGES_IN,
     MESSAGES_OUT,
@@ -102,6 +113,8 @@ from core.metrics import (
     ORDERS_FILLED,
     ORDERS_REJECTED,
     ORDERS_SUBMITTED,
+    TRADES,
+    VENUE_UP,
 )
 from core.topics import TopicNames
 from schemas.models import (
@@ -125,7 +138,7 @@ from streams.logic.order_state import (
     reconcile,
 )
 from streams.logic.trading_state import ScopeState
-from streams.runtime import DeadLetters, now_ns
+from streams.runtime import LIVENESS_STALL_S, DeadLetters, SampledTimer, now_ns
 
 __all__ = ["APPROVED_AT_HEADER", "ExecutionConsumer", "build", "build_broker", "run"]
 
@@ -258,6 +271,13 @@ class ExecutionConsumer:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._inputs: list[TopicPartition] = []
+        self._heartbeat = Heartbeat(LIVENESS_STALL_S)
+        self._timer = SampledTimer(EVENT_PROCESSING.labels(name).observe)
+        self._venue_up: bool | None = None  # None: not asked yet
+        self._venue_error = ""
+        HEALTH.register(f"{name}: main loop", self._heartbeat.check, kind="liveness")
+        HEALTH.register(f"{name}: inputs assigned", self._inputs_check)
+        HEALTH.register(f"{name}: venue answers", self._venue_check)
 
     # ---- lifecycle -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -276,6 +296,7 @@ class ExecutionConsumer:
     def _step(self) -> None:
         consumer = self._consumer
         assert consumer is not None
+        self._heartbeat.beat()
         # what has arrived, else the next record as soon as it comes (a batch call would
         # wait out its whole timeout for a batch that is not coming)
         messages = consumer.consume(_BATCH, 0)
@@ -283,9 +304,12 @@ class ExecutionConsumer:
             first = consumer.poll(_POLL_S)
             messages = [first] if first is not None else []
         try:
+            timer = self._timer
             for message in messages:
+                timer.start()
                 self._handle(message)
                 self._drain_events()
+                timer.stop()
                 # venue calls take time: a long batch does not hold one transaction open
                 self._commit_if_due(message is messages[-1])
             self._drain_events()
@@ -309,6 +333,7 @@ class ExecutionConsumer:
         )
         self._inputs = self._input_partitions()
         self.broker.connect(self._events.put)
+        self._venue_answered()
         if self._market_history_ms:
             self._warm_up_market(self._market_history_ms)
         self._watcher.start()
@@ -327,6 +352,8 @@ class ExecutionConsumer:
         )
 
     def _close(self) -> None:
+        for check in ("main loop", "inputs assigned", "venue answers"):
+            HEALTH.unregister(f"{self._name}: {check}")
         closers: tuple[Callable[[], object], ...] = (
             self._watcher.stop,
             self.broker.close,
@@ -340,6 +367,30 @@ class ExecutionConsumer:
                 close()
             except Exception as exc:  # closing the rest matters more than this one
                 log.warning("error while closing", extra={"error": repr(exc)})
+
+    # ---- health --------------------------------------------------------------------------
+    def _venue_answered(self) -> None:
+        if self._venue_up is not True:
+            self._venue_up = True
+            VENUE_UP.labels(self._venue).set(1)
+
+    def _venue_unavailable(self, exc: BrokerUnavailable) -> None:
+        self._venue_up = False
+        self._venue_error = str(exc) or type(exc).__name__
+        VENUE_UP.labels(self._venue).set(0)
+        ERRORS.labels(self._name, "venue_unavailable").inc()
+
+    def _inputs_check(self) -> tuple[bool, str]:
+        if not self.ready.is_set():
+            return False, "starting: rebuilding the book before consuming orders"
+        return True, f"{len(self._inputs)} input partition(s) assigned"
+
+    def _venue_check(self) -> tuple[bool, str]:
+        if self._venue_up is None:
+            return False, f"{self._venue}: not connected yet"
+        if not self._venue_up:
+            return False, f"{self._venue} unavailable: {self._venue_error}"
+        return True, f"{self._venue} answers"
 
     def _require_topics(self) -> None:
         wanted = [self._approved, *self._market, self._control, self._reports, self._fills]
@@ -564,13 +615,16 @@ class ExecutionConsumer:
         for attempt in range(retries + 1):
             try:
                 ack = self.broker.submit(submission)
+                self._venue_answered()
                 break
             except BrokerRejected as exc:
+                self._venue_answered()
                 self._drain_events()
                 self._reject(coid, VENUE_REJECTED, str(exc) or "rejected by the venue")
                 return
             except BrokerUnavailable as exc:
                 failure = exc
+                self._venue_unavailable(exc)
                 log.warning(
                     "venue unavailable for a submission",
                     extra={"attempt": attempt + 1, "error": str(exc)},
@@ -700,6 +754,7 @@ class ExecutionConsumer:
         if applied.fill is not None:
             self._produce(self._fills, applied.fill.symbol, applied.fill, headers)
             FILLS.labels(self._venue).inc()
+            TRADES.labels(self._venue, str(applied.fill.side)).inc()
         log.info(
             "execution report",
             extra={
@@ -756,13 +811,16 @@ class ExecutionConsumer:
             return
         try:
             self.broker.cancel(coid, order.venue_order_id)
+            self._venue_answered()
             self._cancel_due.pop(coid, None)
             log.info("cancel sent to the venue")
         except BrokerUnavailable as exc:
+            self._venue_unavailable(exc)
             backoff = self._settings.execution.retry_backoff_ms / 1000
             self._cancel_due[coid] = time.monotonic() + backoff
             log.warning("venue unavailable for a cancel: will retry", extra={"error": str(exc)})
         except BrokerRejected as exc:
+            self._venue_answered()
             # filled or ended meanwhile, or not cancellable yet: the venue's view decides
             self._cancel_due.pop(coid, None)
             log.warning("the venue refused the cancel", extra={"error": str(exc)})
@@ -787,12 +845,16 @@ class ExecutionConsumer:
         delay = self._settings.execution.retry_backoff_ms / 1000
         for attempt in range(self._settings.execution.submit_retries + 1):
             try:
-                return fn(*args)
+                answer = fn(*args)
             except BrokerUnavailable as exc:
+                self._venue_unavailable(exc)
                 if attempt == self._settings.execution.submit_retries or self._stop.wait(delay):
                     raise
                 log.warning("venue unavailable: retrying", extra={"error": str(exc)})
                 delay *= 2
+                continue
+            self._venue_answered()
+            return answer
         raise AssertionError("unreachable")
 
     def _get_order(self, coid: str) -> BrokerOrder | None:
@@ -853,6 +915,7 @@ class ExecutionConsumer:
             if not (batch_done and _retriable(exc)):
                 raise
             # everything consumed is processed: the next step commits again
+            ERRORS.labels(self._name, "commit_retry").inc()
             log.warning("commit failed, will retry", extra={"error": str(exc)})
 
     def _commit(self, batch_done: bool = True) -> None:
@@ -903,6 +966,7 @@ class ExecutionConsumer:
         """Drop the open transaction and go back to the last commit: the book, the input
         offsets; the venue's events of the transaction are applied again."""
         log.error("transaction aborted: rewinding to the last commit", extra={"error": str(error)})
+        ERRORS.labels(self._name, "transaction_aborted").inc()
         producer, consumer = self._producer, self._consumer
         assert producer is not None and consumer is not None
         producer.abort_transaction(_KAFKA_TIMEOUT_S)
