@@ -12,6 +12,7 @@ BACKTEST_ARGS ?= --strategy sma-crossover --param fast=10 --param slow=30 --bar 
 
 .DEFAULT_GOAL := help
 .PHONY: help deps venv up down status topics run backtest test test-backtest test-unit lint fmt docs bench clean
+.PHONY: test-alerts
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -64,6 +65,9 @@ test-restart: deps venv ## restart/rebalance tests of signals and execution (tim
 
 test-unit: venv ## fast tests only (no services)
 	$(BIN)/pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+test-alerts: deps venv ## promtool: check the alert rules and prometheus.yml, run tests/promtool
+	$(BIN)/pytest tests/test_alert_rules.py $(PYTEST_ARGS)
 
 lint: venv ## ruff + mypy + import-linter (layer contracts in .importlinter)
 	$(BIN)/ruff check .
