@@ -27,6 +27,7 @@ from quixstreams import State
 
 from core.config import RiskLimits, RiskMetricsSettings, Settings
 from core.metrics import (
+    DAILY_LOSS_LIMIT,
     DAILY_PNL,
     DRAWDOWN,
     EXPECTED_SHORTFALL,
@@ -122,6 +123,7 @@ class RiskMetricsProcessor:
         snap = observation.metrics
         account = snap.account
         DAILY_PNL.labels(account).set(float(from_fixed(snap.daily_pnl)))
+        DAILY_LOSS_LIMIT.labels(account).set(float(from_fixed(snap.daily_loss_limit)))
         DRAWDOWN.labels(account).set(snap.drawdown_fraction)
         MAX_DRAWDOWN.labels(account).set(snap.max_drawdown_fraction)
         if snap.period_pnl is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from core.config import LimitOverride, RiskLimits, load_settings
 from core.errors import ConfigError
@@ -29,7 +30,7 @@ from streams.logic.account_checks import AccountLimitsRaw
 from streams.logic.risk import MarketPrice, PreTradeRisk, RiskLimitsRaw, SymbolRiskState
 from streams.logic.trading_state import TradingStates
 from streams.logic.var import AlertKind, RiskAlert
-from streams.risk_metrics import control_record
+from streams.risk_metrics import RiskMetricsProcessor, control_record
 
 D = Decimal
 TS = 1_767_600_000_000_000_000  # 2026-01-05
@@ -421,3 +422,32 @@ def test_the_commands_halt_or_reduce_only_their_account_at_the_gate() -> None:
     assert decide("desk-2", Side.SELL) == Decision.APPROVED  # reducing: a reduction passes
     assert decide("desk-2", Side.BUY) == Decision.REJECTED
     assert decide("desk-3", Side.BUY) == Decision.APPROVED  # no alert, no command
+
+
+class _StateDict(dict[str, Any]):
+    """Enough of Quix's State for one account's risk-metrics state."""
+
+    def set(self, key: str, value: Any) -> None:
+        self[key] = value
+
+
+def test_risk_metrics_exports_each_accounts_own_daily_loss_limit(env: pytest.MonkeyPatch) -> None:
+    env.setenv(
+        "OMNIQUANT_RISK__OVERRIDES", json.dumps([{"account": "desk-1", "daily_loss_limit": "2500"}])
+    )
+    settings = load_settings()
+    processor = RiskMetricsProcessor(settings)
+    for account in ("desk-1", "desk-2"):
+        state = _StateDict()
+        for bar in range(2):  # the second bar closes the first: one observation
+            snapshot = {
+                "account": account,
+                "ts_event": TS + bar * processor.cadence_ns,
+                "equity": raw(100_000),
+            }
+            processor.on_portfolio(snapshot, state)
+    limit = REGISTRY.get_sample_value
+    assert limit("trading_daily_loss_limit", {"account": "desk-1"}) == 2500
+    assert limit("trading_daily_loss_limit", {"account": "desk-2"}) == float(
+        settings.risk.daily_loss_limit
+    )
