@@ -3,7 +3,10 @@ docker-compose.yml (with its Prometheus and Grafana provisioning) and k8s/.
 
 No Docker engine or cluster is needed. What is checked:
 
-- every command a container runs (compose `command`, k8s `args`, probes, HEALTHCHECK) is a
+- every stage's health is asked of its own HTTP server on the metrics port: compose
+  healthchecks GET ``/readyz``, k8s readiness probes GET ``/readyz`` and liveness probes
+  ``/healthz`` (core/health.py);
+- every command a container runs (compose `command`, k8s `args`, HEALTHCHECK) is a
   real `omniquant` command: the path is walked through the CLI's click tree, every
   `--option` must exist on that command, and the CLI's own parser type-checks the values;
 - every environment variable handed to an app container is one ``Settings`` reads
@@ -280,11 +283,48 @@ def compose_command_problems(doc: Mapping[str, Any]) -> list[str]:
             problems.append(f"service {name}: command {command} should start with {expected}")
         hc = svc.get("healthcheck") or {}
         if name != "topics":
-            test = hc.get("test") or []
-            if test[:2] != ["CMD", "omniquant"]:
-                problems.append(f"service {name}: healthcheck {test} is not CMD omniquant ...")
-            else:
-                problems += [f"service {name} healthcheck: {p}" for p in cli_problems(test[2:])]
+            problems += [f"service {name} healthcheck: {p}" for p in compose_probe_problems(hc)]
+    return problems
+
+
+# `python -c "...urlopen('http://127.0.0.1:PORT/PATH'...)"`: the image has no curl or wget,
+# and urlopen raises (exit 1) on a 503.
+_URLOPEN = re.compile(r"urlopen\('http://127\.0\.0\.1:(?P<port>\d+)(?P<path>/[a-z]*)'")
+
+
+def compose_probe_problems(healthcheck: Mapping[str, Any], path: str = "/readyz") -> list[str]:
+    """A stage's compose healthcheck must GET its own ``path`` on the metrics port."""
+    test = list(healthcheck.get("test") or [])
+    if healthcheck.get("disable"):
+        return ["disabled"]
+    if test[:3] != ["CMD", "python", "-c"] or len(test) != 4:
+        return [f"{test} is not CMD python -c <urlopen of {path}>"]
+    m = _URLOPEN.search(test[3])
+    if m is None:
+        return [f"{test[3]!r} does not urlopen http://127.0.0.1:<port>/..."]
+    problems = []
+    if m["port"] != str(METRICS_PORT):
+        problems.append(f"asks port {m['port']}, the metrics port is {METRICS_PORT}")
+    if m["path"] != path:
+        problems.append(f"asks {m['path']}, not {path}")
+    return problems
+
+
+def k8s_probe_problems(container: Mapping[str, Any], probe: str, path: str) -> list[str]:
+    """A k8s probe must GET ``path`` on the container's metrics port (by name or number)."""
+    spec = container.get(probe)
+    if not spec:
+        return [f"{probe} missing"]
+    get = spec.get("httpGet")
+    if not get:
+        return [f"{probe} must be an httpGet of {path}, has {sorted(spec)}"]
+    problems = []
+    if get.get("path") != path:
+        problems.append(f"{probe} asks {get.get('path')}, not {path}")
+    ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+    port = ports.get(get.get("port"), get.get("port"))
+    if port != METRICS_PORT:
+        problems.append(f"{probe} port {get.get('port')} is not the metrics port {METRICS_PORT}")
     return problems
 
 
@@ -711,12 +751,8 @@ def workload_problems(
             problems.append(f"{name}: readOnlyRootFilesystem should be true")
         if doc["kind"] != "Deployment":
             continue
-        for probe in ("readinessProbe", "livenessProbe"):
-            command = container.get(probe, {}).get("exec", {}).get("command", [])
-            if command[:1] != ["omniquant"]:
-                problems.append(f"{name}: {probe} must exec `omniquant healthcheck`, has {command}")
-            else:
-                problems += [f"{name} {probe}: {p}" for p in cli_problems(command[1:])]
+        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            problems += [f"{name}: {p}" for p in k8s_probe_problems(container, probe, path)]
         annotations = doc["spec"]["template"]["metadata"].get("annotations", {})
         port = env.get(f"{ENV_PREFIX}METRICS_PORT")
         ports = {str(p["containerPort"]) for p in container.get("ports", [])}
@@ -899,11 +935,22 @@ def test_compose_command_checker_catches_a_typo() -> None:
     doc = compose()
     doc["services"]["feed"]["command"] = ["stage", "feed", "--symbol", "AAPL"]
     doc["services"]["risk-gate"]["command"] = ["stage", "riskgate"]
-    doc["services"]["signals"]["healthcheck"]["test"] = ["CMD", "omniquant", "health"]
+    doc["services"]["signals"]["healthcheck"]["test"] = ["CMD", "omniquant", "healthcheck"]
+    bars = doc["services"]["bars"]["healthcheck"]
+    bars["test"] = [*bars["test"][:3], bars["test"][3].replace("9100/readyz", "9200/healthz")]
     problems = compose_command_problems(doc)
     assert any("has no option --symbol" in p for p in problems)
     assert any("has no command 'riskgate'" in p for p in problems)
-    assert any("signals healthcheck" in p and "'health'" in p for p in problems)
+    assert any("signals healthcheck" in p and "is not CMD python -c" in p for p in problems)
+    assert "service bars healthcheck: asks port 9200, the metrics port is 9100" in problems
+    assert "service bars healthcheck: asks /healthz, not /readyz" in problems
+
+
+def test_every_stage_healthcheck_asks_its_own_readyz() -> None:
+    doc = compose()
+    for stage in STAGES:
+        assert compose_probe_problems(doc["services"][stage]["healthcheck"]) == [], stage
+    assert compose_probe_problems({"disable": True}) == ["disabled"]
 
 
 def test_compose_app_env_names_are_settings() -> None:
@@ -1026,8 +1073,14 @@ def test_prometheus_scrapes_every_stage_on_its_metrics_port() -> None:
         expected.add(f"{stage}:{port}")
     assert targets == expected
     assert jobs["omniquant"].get("metrics_path", "/metrics") == "/metrics"
-    mounts = doc["services"]["prometheus"]["volumes"]
-    assert "./docker/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
+    # the whole directory: rule_files are relative to prometheus.yml (rules/*.yml)
+    mounts = [m.split("#")[0].strip() for m in doc["services"]["prometheus"]["volumes"]]
+    assert "./docker/prometheus:/etc/prometheus:ro" in mounts
+    assert (
+        "--config.file=/etc/prometheus/prometheus.yml" in doc["services"]["prometheus"]["command"]
+    )
+    for pattern in config.get("rule_files", []):
+        assert list(PROMETHEUS.parent.glob(pattern)), f"rule_files {pattern} matches nothing"
 
 
 def test_grafana_provisions_clickhouse_and_prometheus_datasources() -> None:
@@ -1128,7 +1181,8 @@ def test_k8s_workload_checker_catches_broken_deployments() -> None:
     container = spec["containers"][0]
     container["args"] = ["stage", "exec"]
     del container["resources"]["limits"]["memory"]
-    container["livenessProbe"]["exec"]["command"] = ["omniquant", "healthz"]
+    container["livenessProbe"]["httpGet"]["path"] = "/readyz"
+    container["readinessProbe"] = {"exec": {"command": ["omniquant", "healthcheck"]}}
     container["volumeMounts"] = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
     spec["securityContext"]["runAsUser"] = 0
     deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] = "8000"
@@ -1136,7 +1190,8 @@ def test_k8s_workload_checker_catches_broken_deployments() -> None:
     for expected in (
         "has no command 'exec'",
         "limits.memory missing",
-        "no command 'healthz'",
+        "livenessProbe asks /readyz, not /healthz",
+        "readinessProbe must be an httpGet of /readyz",
         "no writable volume at /var/lib/omniquant",
         "runAsUser must be a non-zero uid",
         "scrape port 8000",
@@ -1221,3 +1276,16 @@ def test_kustomize_build_validates(tmp_path: Path) -> None:
         if doc["kind"] in ("Deployment", "Job"):
             tag = kustomization()["images"][0]["newTag"]
             assert all(c["image"].endswith(f":{tag}") for c in containers(doc))
+
+
+def test_k8s_probe_checker_resolves_the_named_port_and_catches_another() -> None:
+    container = {
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+    }
+    assert k8s_probe_problems(container, "readinessProbe", "/readyz") == []
+    assert k8s_probe_problems(container, "livenessProbe", "/healthz") == [
+        f"livenessProbe port 8080 is not the metrics port {METRICS_PORT}"
+    ]
+    assert k8s_probe_problems({}, "livenessProbe", "/healthz") == ["livenessProbe missing"]
