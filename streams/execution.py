@@ -123,6 +123,7 @@ from schemas.models import (
     OrderStatus,
     Quote,
     Record,
+    Side,
     Trade,
     TradingState,
 )
@@ -275,6 +276,7 @@ class ExecutionConsumer:
         self._timer = SampledTimer(EVENT_PROCESSING.labels(name).observe)
         self._venue_up: bool | None = None  # None: not asked yet
         self._venue_error = ""
+        _initialise_series(name, self._venue)
         HEALTH.register(f"{name}: main loop", self._heartbeat.check, kind="liveness")
         HEALTH.register(f"{name}: inputs assigned", self._inputs_check)
         HEALTH.register(f"{name}: venue answers", self._venue_check)
@@ -987,6 +989,21 @@ class ExecutionConsumer:
 
 
 # ---- helpers -----------------------------------------------------------------------------
+def _initialise_series(app: str, venue: str) -> None:
+    """Every series this consumer may set exists from the start, at 0 (so a rate or an
+    alert over it has data before the first order, and a scrape shows its labels)."""
+    ORDERS_SUBMITTED.labels(venue)
+    ORDERS_FILLED.labels(venue)
+    FILLS.labels(venue)
+    ORDER_LATENCY.labels(venue)
+    for code in (VENUE_REJECTED, VENUE_UNAVAILABLE, HALTED):
+        ORDERS_REJECTED.labels(venue, code)
+    for side in Side:
+        TRADES.labels(venue, str(side))
+    for kind in ("venue_unavailable", "commit_retry", "transaction_aborted"):
+        ERRORS.labels(app, kind)
+
+
 def _abortable(exc: KafkaException) -> bool:
     err = exc.args[0] if exc.args else None
     return isinstance(err, KafkaError) and err.txn_requires_abort()
