@@ -46,9 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
-import math
 import os
 import secrets
 import sys
@@ -78,6 +76,7 @@ __all__ = [
     "canonical",
     "phases",
     "run_backtest",
+    "write_report",
     "write_synthetic_day",
 ]
 
@@ -85,7 +84,6 @@ BACKTEST_PREFIX: Final = "bt-"  # streams.execution.BACKTEST_PREFIX (not importe
 #: topics a stage reads but a backtest does not wait for (see the module docs)
 FEEDBACK_TOPICS: Final = frozenset({"control"})
 _BARS_MS: Final = {"1s": 1_000, "1m": 60_000, "5m": 300_000}
-_MINUTES_PER_YEAR: Final = 252 * 390
 
 
 class BarInterval(StrEnum):
@@ -333,34 +331,15 @@ def canonical(orders: Sequence[list[Any]], fills: Sequence[list[Any]], pnl: Any)
 
 
 def _drawdown_and_sharpe(equity: Sequence[tuple[int, int]]) -> tuple[float, float | None]:
-    """Max drawdown (fraction of the peak) over the snapshots' equity, and the annualised
-    Sharpe ratio of per-minute equity returns (the last equity of each event-time minute,
-    carried over minutes without a snapshot; ×√(252·390); None with fewer than 2 returns)."""
-    peak = 0
-    worst = Decimal(0)
-    for _, value in equity:
-        peak = max(peak, value)
-        if peak > 0:
-            worst = max(worst, Decimal(peak - value) / Decimal(peak))
-    by_minute: dict[int, int] = {}
-    for ts, value in equity:
-        by_minute[ts // 60_000_000_000] = value
-    if not by_minute:
-        return float(worst), None
-    first, last = min(by_minute), max(by_minute)
-    series: list[int] = []
-    current = by_minute[first]
-    for minute in range(first, last + 1):
-        current = by_minute.get(minute, current)
-        series.append(current)
-    returns = [b / a - 1.0 for a, b in itertools.pairwise(series) if a]
-    if len(returns) < 2:
-        return float(worst), None
-    mean = sum(returns) / len(returns)
-    var = sum((r - mean) ** 2 for r in returns) / (len(returns) - 1)
-    if var <= 0:
-        return float(worst), None
-    return float(worst), mean / math.sqrt(var) * math.sqrt(_MINUTES_PER_YEAR)
+    """Max drawdown (fraction of the running peak) and annualised Sharpe ratio of the
+    snapshots' equity (raw fixed-point) — the report's definitions
+    (:func:`omniquant.report.data.performance`: per-minute returns, ×√(252·390))."""
+    from omniquant.report.data import Series, drawdown_series, performance
+
+    series = Series(tuple(t for t, _ in equity), tuple(from_fixed(v) for _, v in equity))
+    fractions, _ = drawdown_series(series)
+    sharpe = performance(series).sharpe
+    return float(max(fractions, default=Decimal(0))), None if sharpe is None else float(sharpe)
 
 
 @dataclass
@@ -527,6 +506,7 @@ def run_backtest(
     ensure_topics(settings, topic_catalog())
     bar = _Progress(progress)
     log_dir = settings.state_dir / "logs" / f"backtest-{run_id}"
+    timings: dict[str, float] = {}  # wall seconds per step: where a run's time goes
     try:
         with _environment(strategy_environment):
             feed = bar.task("feed: replaying recorded ticks")
@@ -541,7 +521,9 @@ def run_backtest(
                     raise OmniquantError(f"replay did not deliver every row: {stats.report()}")
                 ticks = stats.produced.get(TopicNames(settings.topic_prefix).trades, 0)
             bar.done(feed, f"feed: {ticks:,} trades into {settings.topic_prefix}")
+            timings["feed"] = time.monotonic() - started
             for number, group in enumerate(phases(), start=1):
+                phase_started = time.monotonic()
                 label = ", ".join(s.name for s in group)
                 task = bar.task(f"phase {number}: {label}")
                 stages = pipeline_stages(settings, stages=group)
@@ -570,21 +552,45 @@ def run_backtest(
                         f"logs in {log_dir / f'phase-{number}'}"
                     )
                 bar.done(task, f"phase {number}: {label} — drained")
+                timings[f"phase {number}: {label}"] = time.monotonic() - phase_started
     finally:
         bar.close()
+    collect_started = time.monotonic()
     result = collect(settings, run_id, account, ticks)
     result.summary["clickhouse_rows"] = clickhouse_counts(settings)
+    timings["results"] = time.monotonic() - collect_started
+    result.summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     result.summary["elapsed_s"] = round(time.monotonic() - started, 1)
     result.summary["logs"] = str(log_dir)
     return result
 
 
-def _write_report(directory: Path, result: BacktestResult) -> Path:
+def write_report(settings: Settings, directory: Path, result: BacktestResult) -> Path:
+    """The run's HTML report (:mod:`omniquant.report`: equity, drawdown, fills on the price,
+    VaR against PnL, the stats table) from the rows the sink wrote, beside ``summary.json``,
+    ``orders.json`` and ``fills.json``. Returns the page."""
+    from dataclasses import replace
+
+    from core.clickhouse import connect_clickhouse
+    from omniquant.report import from_clickhouse, render_report
+
     directory.mkdir(parents=True, exist_ok=True)
+    client = connect_clickhouse(settings, writer=False)
+    try:
+        data = from_clickhouse(
+            client,
+            settings.clickhouse.database,
+            account=result.summary["account"],
+            prefix=settings.topic_prefix,
+        )
+    finally:
+        client.close()
+    data = replace(data, title=f"Backtest {result.run_id}")
+    page = render_report(data, directory)
     (directory / "summary.json").write_text(json.dumps(result.summary, indent=2) + "\n")
     (directory / "fills.json").write_text(json.dumps(result.fills, indent=1, default=str))
     (directory / "orders.json").write_text(json.dumps(result.orders, indent=1, default=str))
-    return directory
+    return page
 
 
 def write_synthetic_day(
@@ -660,7 +666,10 @@ def backtest(
     run_id: Annotated[
         str | None, typer.Option(help="namespace bt-<ID>. (default: time + random)")
     ] = None,
-    report: Annotated[Path | None, typer.Option(help="write summary, orders, fills here")] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="write the HTML report (index.html, PNG charts) and JSON here"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON summary only")] = False,
     drain_timeout: Annotated[float, typer.Option(help="longest wait per stage (s)")] = 1800.0,
 ) -> None:
@@ -726,8 +735,11 @@ def backtest(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
     if report is not None:
-        _write_report(report, result)
-        result.summary["report"] = str(report)
+        try:
+            result.summary["report"] = str(write_report(settings, report, result))
+        except OmniquantError as exc:
+            err.print(f"[red]error:[/red] report: {exc}")
+            raise typer.Exit(1) from None
     if as_json:
         sys.stdout.write(json.dumps(result.summary, sort_keys=True) + "\n")
         return
