@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from core.config import Settings
 from core.kafka import consumer_config
+from core.metrics import ACCOUNT_STATE
 from core.topics import TopicNames
 from producers.kafka_producer import RecordProducer
 from schemas.models import Control, ControlType, TradingState
@@ -79,6 +80,10 @@ class ControlPlane:
         return control
 
 
+# trading_account_state's values (the alert rules test == 2 for HALTED)
+_STATE_CODE = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+
+
 class TradingStateWatcher:
     """A process's current view of the trading states (see the module docstring)."""
 
@@ -110,6 +115,7 @@ class TradingStateWatcher:
         with self._lock:
             changed = self._states.apply(control)
         if changed:
+            ACCOUNT_STATE.labels(control.scope).set(_STATE_CODE[control.trading_state])
             log.warning(
                 "trading state changed",
                 extra={

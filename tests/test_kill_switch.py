@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import redis
 from confluent_kafka import Consumer
+from prometheus_client.parser import text_string_to_metric_families
 from stage_proc import spawn_stage, stage_namespace
 
 from core.kafka import LagProbe, consumer_config
@@ -69,10 +72,29 @@ class _Decisions:
         return self.seen[coid]
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _account_state(port: int, account: str) -> float | None:
+    """trading_account_state{account} as the stage's /metrics shows it (None: no sample)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "trading_account_state" and sample.labels.get("account") == account:
+                return sample.value
+    return None
+
+
 def test_halt_rejects_an_accounts_orders_within_a_second_and_resume_lifts_it(
     kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:
     settings, env = stage_namespace(kafka_bootstrap, redis_url, tmp_path, "kill")
+    metrics_port = _free_port()
+    env["OMNIQUANT_METRICS_PORT"] = str(metrics_port)
     # This test is about trading states: a market price an hour old still prices orders,
     # so how Quix interleaves a trade and the order right behind it cannot matter.
     env.update(OMNIQUANT_RISK__MAX_PRICE_AGE_MS=str(3_600_000))
@@ -121,6 +143,7 @@ def test_halt_rejects_an_accounts_orders_within_a_second_and_resume_lifts_it(
         while time.monotonic() - halted_at < 1.5:
             sent.append((time.monotonic() - halted_at, send("alice")))
             time.sleep(0.1)
+        assert _account_state(metrics_port, "alice") == 2  # HALTED, as the alert rule reads it
         for age, coid in sent:
             decision = decisions.wait_for(coid)
             if age >= 1.0:
@@ -141,6 +164,7 @@ def test_halt_rejects_an_accounts_orders_within_a_second_and_resume_lifts_it(
         assert resumed.returncode == 0, resumed.stderr
         time.sleep(1.0)  # the documented bound: within a second
         assert decisions.wait_for(send("alice")).decision == Decision.APPROVED
+        assert _account_state(metrics_port, "alice") == 0  # ACTIVE again
     finally:
         gate.terminate()
         gate.wait(30)
