@@ -314,6 +314,16 @@ class RiskLimits(_Section):
         description="the risk gate commits decisions, approved orders and offsets in one "
         "Kafka transaction",
     )
+    # A backtest runs the gate and execution together over complete order and market topics:
+    # the gate reads orders far ahead of the execution reports that would move its working
+    # orders into the position, and its worst case grows with every order. The paper venue
+    # of a backtest fills every approved market order in full, so there the gate counts them
+    # filled at approval, as a live gate would once the reports came back before the next
+    # order. Refused outside a backtest namespace (checked when the gate starts).
+    backtest_fills_at_approval: bool = Field(
+        default=False,
+        description="backtests only: an approved market order counts as filled at once",
+    )
     overrides: list[LimitOverride] = Field(
         default_factory=list,
         description="limits per account, strategy and symbol, JSON: "
@@ -464,6 +474,11 @@ class StrategySettings(_Section):
         default=Decimal("100"), gt=0, description="every strategy's default quantity"
     )
     strategy_id: str = Field(default="sma-x", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    account: str = Field(
+        default="paper",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="the account the signals stage's orders are for",
+    )
 
     @field_validator("params", mode="before")
     @classmethod

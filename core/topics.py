@@ -50,6 +50,8 @@ _NS = "io.omniquant"
 # vendor frames and files). Each stage's own dead-letter topic is declared in the stage
 # registry (omniquant.stages), which builds the full catalog with them.
 FEEDS_DEAD_LETTERS = "feeds"
+#: topic prefixes of backtest namespaces (bt-<run id>.): paper venue only, no live broker
+BACKTEST_PREFIX = "bt-"
 
 RECORD_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("market.trades", "symbol", f"{_NS}.market.Trade", "Trade prints from every feed."),

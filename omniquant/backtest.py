@@ -64,7 +64,7 @@ from rich.console import Console
 
 from core.config import Settings, load_settings
 from core.errors import ConfigError, OmniquantError
-from core.topics import TopicNames
+from core.topics import BACKTEST_PREFIX, TopicNames
 from omniquant.stages import STAGES, StageSpec, topic_catalog
 from schemas.fixedpoint import from_fixed, to_fixed
 
@@ -80,7 +80,6 @@ __all__ = [
     "write_synthetic_day",
 ]
 
-BACKTEST_PREFIX: Final = "bt-"  # streams.execution.BACKTEST_PREFIX (not imported: no Redis)
 #: topics a stage reads but a backtest does not wait for (see the module docs)
 FEEDBACK_TOPICS: Final = frozenset({"control"})
 _BARS_MS: Final = {"1s": 1_000, "1m": 60_000, "5m": 300_000}
@@ -158,6 +157,7 @@ def strategy_env(
     bar_ms: int,
     quantity: Decimal | None,
     long_only: bool,
+    account: str = "paper",
 ) -> dict[str, str]:
     """Environment the stages read the strategy from: the plugin form (``NAME``, ``PARAMS``)
     and the older SMA fields (``FAST_WINDOW`` ...) where the parameters name them."""
@@ -171,6 +171,9 @@ def strategy_env(
         "OMNIQUANT_STRATEGY__PARAMS": json.dumps(merged, sort_keys=True),
         "OMNIQUANT_STRATEGY__BAR_INTERVAL_MS": str(bar_ms),
         "OMNIQUANT_EXECUTION__BROKER": "paper",
+        "OMNIQUANT_STRATEGY__ACCOUNT": account,
+        # the gate and execution run together over complete topics (see RiskSettings)
+        "OMNIQUANT_RISK__BACKTEST_FILLS_AT_APPROVAL": "true",
     }
     if "fast" in merged:
         env["OMNIQUANT_STRATEGY__FAST_WINDOW"] = merged["fast"]
@@ -662,7 +665,9 @@ def backtest(
     bar: Annotated[BarInterval, typer.Option(help="bar interval")] = BarInterval.m1,
     quantity: Annotated[str | None, typer.Option(help="order quantity")] = None,
     long_only: Annotated[bool, typer.Option(help="flat instead of short")] = False,
-    account: Annotated[str, typer.Option(help="account whose PnL is reported")] = "paper",
+    account: Annotated[
+        str, typer.Option(help="account the strategy trades (paper venue) and is reported")
+    ] = "paper",
     run_id: Annotated[
         str | None, typer.Option(help="namespace bt-<ID>. (default: time + random)")
     ] = None,
@@ -688,12 +693,6 @@ def backtest(
             raise typer.BadParameter(
                 f"{quantity!r} is not a quantity", param_hint="--quantity"
             ) from None
-    if account != "paper":
-        # the signals stage sends every order for the account "paper" (signal_to_order's
-        # default); an account of one's own needs a strategy setting for it first
-        raise typer.BadParameter(
-            "the signals stage trades the account 'paper' only", param_hint="--account"
-        )
     window: tuple[int, int] | None = None
     bounds: list[int | None] = []
     for value in (start, end):
@@ -717,7 +716,8 @@ def backtest(
         settings = load_settings(topic_prefix=f"{BACKTEST_PREFIX}{rid}.")
         if paths:
             open_files(paths)  # a missing or unsupported file fails before any broker call
-        env = strategy_env(strategy, params, _BARS_MS[bar.value], qty, long_only)
+        env = strategy_env(strategy, params, _BARS_MS[bar.value], qty, long_only, account)
+        load_settings(**{"strategy": {"account": account}})  # a bad name fails here
         result = run_backtest(
             settings,
             run_id=rid,

@@ -115,7 +115,8 @@ class TradingStateWatcher:
         with self._lock:
             changed = self._states.apply(control)
         if changed:
-            ACCOUNT_STATE.labels(control.scope).set(_STATE_CODE[control.trading_state])
+            if control.trading_state is not None:
+                ACCOUNT_STATE.labels(control.scope).set(_STATE_CODE[control.trading_state])
             log.warning(
                 "trading state changed",
                 extra={

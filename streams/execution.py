@@ -116,7 +116,7 @@ from core.metrics import (
     TRADES,
     VENUE_UP,
 )
-from core.topics import TopicNames
+from core.topics import BACKTEST_PREFIX, TopicNames
 from schemas.models import (
     ExecType,
     OrderRequest,
@@ -148,7 +148,6 @@ log = logging.getLogger(__name__)
 #: set by the risk gate on every approved order: wall-clock ns of the approval (ASCII int)
 APPROVED_AT_HEADER = "approved_at_ns"
 CHANGELOG = "execution.orders"
-BACKTEST_PREFIX = "bt-"
 #: paper venue market history in a backtest namespace: the whole run (see _market_history_ms)
 BACKTEST_HISTORY_MS = 31 * 24 * 3600 * 1000
 BROKER_SETTING = "OMNIQUANT_EXECUTION__BROKER"

@@ -163,7 +163,14 @@ def _position_key(position: dict[str, Any]) -> str:
 
 def build(settings: Settings, name: str) -> StreamApp:
     """The app under the stage name the registry gives it (its group and dead letters)."""
-    stream = StreamApp(settings, name)
+    # Fills and trades meet through Quix's buffered (timestamp-aligned) poll, whose consume()
+    # waits up to the poll timeout for a full buffer and, on a drained sparse partition (the
+    # fills), up to fetch.wait.max.ms for the broker to tell its watermark. Measured over a
+    # day of SPY trades in a backtest: 53 buffer feeds took 37 s of a 74 s run at the
+    # defaults (1 s, 500 ms), 13 s at 50 ms / 10 ms. Live, it also bounds a mark's delay.
+    stream = StreamApp(
+        settings, name, consumer_poll_timeout=0.05, consumer_extra={"fetch.wait.max.ms": 10}
+    )
     symbols = SymbolPositions(settings.portfolio.mark_interval_ms)
     accounts = AccountPortfolios(settings)
     records = stream.dataframe("fills").concat(stream.dataframe("market.trades"))

@@ -27,7 +27,8 @@ from core.config import Settings
 from core.errors import ConfigError
 from core.logs import correlated
 from core.metrics import RISK_DECISIONS
-from schemas.models import Decision, OrderRequest
+from core.topics import BACKTEST_PREFIX
+from schemas.models import Decision, OrderRequest, OrderType
 from streams.account_view import AccountView, ExposureBook
 from streams.control import TradingStateWatcher
 from streams.logic.restrictions import FoBanList, parse_fo_ban_list
@@ -102,6 +103,13 @@ class RiskGateProcessor:
         book: ExposureBook,
     ) -> None:
         self.limits = settings.risk
+        self.fills_at_approval = settings.risk.backtest_fills_at_approval
+        if self.fills_at_approval and not settings.topic_prefix.startswith(BACKTEST_PREFIX):
+            raise ConfigError(
+                "OMNIQUANT_RISK__BACKTEST_FILLS_AT_APPROVAL is for backtests only: the topic "
+                f"prefix {settings.topic_prefix!r} is not a backtest namespace "
+                f"({BACKTEST_PREFIX}<run id>.)"
+            )
         self.trading = trading
         self.accounts = accounts
         self.book = book
@@ -243,10 +251,13 @@ class RiskGateProcessor:
                 extra={"decision": decision.decision.value, "reason": decision.reason},
             )
         approved = decision.decision == Decision.APPROVED
-        if approved:
+        if approved and self.fills_at_approval and order.order_type == OrderType.MARKET:
+            updated = updated.filled(order.side, order.quantity)  # no reports awaited
+        elif approved:
             state.set(
                 f"open:{order.client_order_id}", OpenOrder(order.side, order.quantity).to_list()
             )
+        if approved:
             rate = checker.limits.account.margin_rate
             try:
                 self._store_exposure(state, order.account, order.symbol, updated, rate)

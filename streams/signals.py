@@ -256,7 +256,11 @@ class SignalsProcessor:
         position = int(state.get(POSITION_KEY, 0))
         model = Signal.model_validate(signal)
         order = signal_to_order(
-            model, current_position=position, quantity=self.quantity, ts_init=model.ts_init
+            model,
+            current_position=position,
+            quantity=self.quantity,
+            ts_init=model.ts_init,
+            account=self.strategy.account,
         )
         if order is None:
             return None

@@ -451,3 +451,13 @@ def test_risk_metrics_exports_each_accounts_own_daily_loss_limit(env: pytest.Mon
     assert limit("trading_daily_loss_limit", {"account": "desk-2"}) == float(
         settings.risk.daily_loss_limit
     )
+
+
+def test_fills_at_approval_is_refused_outside_a_backtest_namespace() -> None:
+    from streams.risk_gate import RiskGateProcessor
+
+    settings = load_settings(risk={"backtest_fills_at_approval": True}, topic_prefix="live.")
+    with pytest.raises(ConfigError, match="OMNIQUANT_RISK__BACKTEST_FILLS_AT_APPROVAL"):
+        RiskGateProcessor(settings, None, None, None)  # type: ignore[arg-type]
+    inside = load_settings(risk={"backtest_fills_at_approval": True}, topic_prefix="bt-r1.")
+    assert RiskGateProcessor(inside, None, None, None).fills_at_approval  # type: ignore[arg-type]
