@@ -21,10 +21,12 @@ Running in step: phases
     (:func:`phases`): a stage starts only once every stage it reads from has drained, so each
     stage's inputs are complete when it starts and Quix aligns them by timestamp. Stages in a
     cycle run together (the risk gate and execution: approved orders one way, execution
-    reports the other). The one edge that is not waited for is ``control`` (risk-metrics'
+    reports the other). A stage reading a single topic runs beside the stage writing it
+    (risk-metrics beside the portfolio), drained after it. The one edge that is not waited for is ``control`` (risk-metrics'
     HALTED / REDUCING): following it would put every stage in one cycle; a backtest's
     risk-metrics run after the trading and its halts act on nothing (:data:`FEEDBACK_TOPICS`).
-    The ClickHouse sink runs last, over complete topics.
+    The ClickHouse sink runs in the last phase and is drained last, once every other
+    stage has stopped: it stores each topic on its own, in topic order.
 
 Results
     Read back from the namespace's topics (orders, decisions, fills, portfolio snapshots),
@@ -96,8 +98,9 @@ def phases(stages: Sequence[StageSpec] = STAGES) -> list[list[StageSpec]]:
     """The registry's consuming stages in the order a backtest runs them: groups of stages
     (registry order within a group) such that every stage a group reads from is in an
     earlier group or in the same one (a cycle, or stages that do not read each other).
-    Sources are left out (the backtest feeds the market topics itself); stages that read
-    every record topic (the sink) come last."""
+    Sources are left out (the backtest feeds the market topics itself); a stage reading one
+    topic joins the group of the stage writing it; stages that read every record topic (the
+    sink) end the last group."""
     consumers = [s for s in stages if not s.is_source and not s.reads_all_records]
     readers_of_all = [s for s in stages if s.reads_all_records]
 
@@ -141,11 +144,24 @@ def phases(stages: Sequence[StageSpec] = STAGES) -> list[list[StageSpec]]:
             ]
             if all(j in level for j in ups):
                 level[i] = 1 + max((level[j] for j in ups), default=0)
+    # A stage that reads one topic cannot be misaligned: it may run beside the stage that
+    # writes that topic, drained after it (a phase drains in registry order).
+    producer_of = {t: spec.name for spec in consumers for t in spec.outputs}
+    group_of = {s.name: i for i, g in enumerate(groups) for s in g}
+    for i, group in enumerate(groups):
+        inputs = {t for s in group for t in s.inputs} - FEEDBACK_TOPICS
+        writer = producer_of.get(next(iter(inputs))) if len(group) == 1 == len(inputs) else None
+        if writer is not None and writer not in {s.name for s in group}:
+            level[i] = level[group_of[writer]]
     ordered: list[list[StageSpec]] = []
     for depth in sorted(set(level.values())):
         members = {s.name for i, g in enumerate(groups) if level[i] == depth for s in g}
         ordered.append([s for s in consumers if s.name in members])
-    if readers_of_all:
+    # the sink stores each topic on its own (no cross-topic order to keep): it runs in the
+    # last phase, drained last, once everything else there has stopped
+    if readers_of_all and ordered:
+        ordered[-1].extend(readers_of_all)
+    elif readers_of_all:
         ordered.append(readers_of_all)
     return ordered
 

@@ -455,7 +455,11 @@ class ExecutionConsumer:
         )
         try:
             market = [tp for tp in self._inputs if tp.topic in self._market]
-            committed = reader.committed(market, timeout=_KAFKA_TIMEOUT_S)
+            # right after the group appears its coordinator may still be loading
+            # (NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS): ask again
+            committed = retry_transient(
+                lambda: reader.committed(market, timeout=_KAFKA_TIMEOUT_S), _KAFKA_TIMEOUT_S
+            )
             ranges: list[tuple[TopicPartition, int]] = []  # (start, end exclusive)
             for tp in committed:
                 if tp.offset <= 0:

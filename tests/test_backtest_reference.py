@@ -148,9 +148,7 @@ def test_phases_wait_for_every_stage_a_stage_reads() -> None:
     assert names == [
         ["bars", "signals"],
         ["risk-gate", "execution"],
-        ["portfolio"],
-        ["risk-metrics"],
-        ["sink-clickhouse"],
+        ["portfolio", "risk-metrics", "sink-clickhouse"],  # each drained after the one before
     ]
 
 
