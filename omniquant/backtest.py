@@ -22,8 +22,9 @@ Running in step: phases
     stage's inputs are complete when it starts and Quix aligns them by timestamp. Stages in a
     cycle run together (the risk gate and execution: approved orders one way, execution
     reports the other). A stage reading a single topic runs beside the stage writing it
-    (risk-metrics beside the portfolio), drained after it. The one edge that is not waited for is ``control`` (risk-metrics'
-    HALTED / REDUCING): following it would put every stage in one cycle; a backtest's
+    (risk-metrics beside the portfolio), drained after it. The one edge that is not waited
+    for is ``control`` (risk-metrics' HALTED / REDUCING): following it would put every
+    stage in one cycle; a backtest's
     risk-metrics run after the trading and its halts act on nothing (:data:`FEEDBACK_TOPICS`).
     The ClickHouse sink runs in the last phase and is drained last, once every other
     stage has stopped: it stores each topic on its own, in topic order.
