@@ -86,3 +86,44 @@ def test_a_synthetic_day_for_an_own_account_matches_the_reference_and_reports(
     charts = sorted(p.name for p in report_dir.glob("*.png"))
     assert {"equity.png", "drawdown.png", "fills.png"} <= set(charts)
     _assert_loaded(_dump_dom(page), len(charts))
+
+
+@pytest.mark.timeout(900)
+def test_from_topics_backtests_a_time_range_of_the_live_trades(
+    backtest_env: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--from-topics: the window's trades are found with offsets_for_times in the live
+    namespace and copied; the fills equal the reference over exactly those ticks."""
+    from core.kafka import ensure_topics
+    from omniquant.stages import topic_catalog
+    from producers.replay import replay
+
+    ticks = write_synthetic_day(backtest_env / "live.csv", trades=TRADES, seed=11)
+    live_prefix = f"live{os.getpid()}."
+    monkeypatch.setenv("OMNIQUANT_TOPIC_PREFIX", live_prefix)
+    live = load_settings()
+    ensure_topics(live, topic_catalog())
+    assert replay([ticks], live, speed="max").ok
+    ts, price = _csv_ticks(ticks)
+    start, end = "2013-10-07T14:00:00Z", "2013-10-07T18:00:00Z"
+    lo = int(pd.Timestamp(start).value)
+    hi = int(pd.Timestamp(end).value)
+    keep = (ts >= lo) & (ts < hi)
+    want_fills, want_pnl = reference(ts[keep], price[keep])
+    assert want_fills, "the window should hold crossings"
+    run_id = f"topics{os.getpid()}"
+    args = [
+        "--from-topics", "--start", start, "--end", end, "--strategy", "sma-crossover",
+        "--param", "fast=10", "--param", "slow=30", "--bar", "1m", "--quantity", "100",
+        "--long-only", "--run-id", run_id, "--json",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.stdout[-3000:], repr(result.exception))
+    summary: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["ticks"] == int(keep.sum())
+    settings = load_settings(topic_prefix=f"bt-{run_id}.")
+    fills = read_topic(settings, TopicNames(settings.topic_prefix).fills, Fill)
+    got = [(str(f["side"]), f["quantity"] // 10**9, f["price"], f["ts_event"]) for f in fills]
+    assert sorted(got, key=lambda f: f[3]) == want_fills
+    assert to_fixed(Decimal(summary["pnl"])) == want_pnl
