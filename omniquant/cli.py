@@ -610,6 +610,16 @@ def _register_backtest_and_report() -> None:
 _register_backtest_and_report()
 
 
+# ---- schemas ------------------------------------------------------------------------
+def _register_schemas() -> None:
+    from omniquant.schemas_export import app as schemas_app
+
+    app.add_typer(schemas_app, name="schemas")
+
+
+_register_schemas()
+
+
 # ---- trace --------------------------------------------------------------------------
 @app.command()
 def trace(
