@@ -11,7 +11,7 @@ BACKTEST_ARGS ?= --strategy sma-crossover --param fast=10 --param slow=30 --bar 
 	--quantity 100 --long-only
 
 .DEFAULT_GOAL := help
-.PHONY: help deps venv up down status topics run backtest test test-backtest test-unit lint fmt docs bench clean
+.PHONY: help deps venv up down status topics run backtest test test-backtest test-multibroker test-unit lint fmt docs bench clean
 .PHONY: test-alerts
 
 help: ## list targets
@@ -56,6 +56,9 @@ backtest: up ## SMA 10/30 backtest on SPY 2013-10-07 (BACKTEST_TICKS; a syntheti
 test: deps venv ## run the whole test suite against real Kafka, Redis and chDB
 	@set +e; $(BIN)/pytest $(PYTEST_ARGS); code=$$?; \
 	if [ $$code -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$code
+
+test-multibroker: deps venv ## the 3-node KRaft cluster tests (broker and controller killed)
+	$(BIN)/pytest -m multibroker tests/test_kafka_cluster.py $(PYTEST_ARGS)
 
 test-backtest: deps venv ## the full-day backtest reference and determinism tests (minutes each)
 	$(BIN)/pytest -m backtest tests/test_backtest_reference.py $(PYTEST_ARGS)

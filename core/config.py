@@ -442,6 +442,13 @@ class StackSettings(_Section):
 
     kafka_port: int = Field(default=19092, ge=1, le=65535)
     kafka_controller_port: int = Field(default=19093, ge=1, le=65535)
+    kafka_brokers: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="local KRaft nodes (`omniquant up --brokers 3`); node i listens on "
+        "kafka_port + 2i and kafka_controller_port + 2i",
+    )
     kafka_heap: str = Field(default="512m", pattern=r"^[0-9]+[kmgKMG]$")
     redis_port: int = Field(default=16379, ge=1, le=65535)
     start_timeout_s: float = Field(default=60.0, gt=0)
@@ -715,8 +722,25 @@ class Settings(BaseSettings):
         return self.redis.url is None
 
     def kafka_bootstrap(self) -> str:
-        """The cluster to use: KAFKA_BOOTSTRAP_SERVERS if set, else the local stack's broker."""
-        return self.kafka.bootstrap_servers or f"127.0.0.1:{self.stack.kafka_port}"
+        """The cluster to use: KAFKA_BOOTSTRAP_SERVERS if set, else the local stack's nodes."""
+        return self.kafka.bootstrap_servers or ",".join(
+            f"127.0.0.1:{client}" for client, _ in self.local_kafka_ports()
+        )
+
+    def local_kafka_ports(self) -> list[tuple[int, int]]:
+        """(client, controller) port of each local KRaft node."""
+        stack = self.stack
+        return [
+            (stack.kafka_port + 2 * i, stack.kafka_controller_port + 2 * i)
+            for i in range(stack.kafka_brokers)
+        ]
+
+    def topic_replication_factor(self) -> int:
+        """Replicas of a new topic: ``KAFKA__REPLICATION_FACTOR`` when set, else 3 on a
+        local cluster of 3 or more nodes (its brokers require 2 in sync), else 1."""
+        if "replication_factor" in self.kafka.model_fields_set or not self.uses_local_kafka:
+            return self.kafka.replication_factor
+        return min(self.stack.kafka_brokers, 3)
 
     def redis_url(self) -> str:
         """REDIS_URL if set (secret: do not log; see mask_url), else the local server."""

@@ -114,7 +114,7 @@ def ensure_topics(settings: Settings, catalog: TopicCatalog, timeout: float = 30
         NewTopic(
             name,
             num_partitions=partitions,
-            replication_factor=settings.kafka.replication_factor,
+            replication_factor=settings.topic_replication_factor(),
             config=item.broker_config(settings.kafka.retention_bytes),
         )
         for name, item, partitions in wanted

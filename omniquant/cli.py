@@ -88,11 +88,25 @@ def _status_table(statuses: list[Any]) -> Table:
 
 
 @app.command()
-def up() -> None:
+def up(
+    brokers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=5,
+            help="KRaft nodes (a voter each); the other commands need the same "
+            "OMNIQUANT_STACK__KAFKA_BROKERS to list them all",
+        ),
+    ] = None,
+) -> None:
     """Start the local stack (Kafka KRaft, Redis; chDB is embedded) and wait until it answers."""
     from omniquant.stack.manager import LocalStack
 
     settings = _settings()
+    if brokers is not None:
+        settings = settings.model_copy(
+            update={"stack": settings.stack.model_copy(update={"kafka_brokers": brokers})}
+        )
     started = time.monotonic()
     try:
         statuses = LocalStack(settings).up()

@@ -141,3 +141,17 @@ def test_a_missing_or_malformed_fo_ban_file_stops_the_gate_at_start_naming_it(tm
     bad.write_text("Securities in Ban For Trade Date 07-OCT-2026:\n1,SAIL\n")
     loaded = FoBanFile(settings.risk.fo_ban_file).current()
     assert loaded is not None and loaded.symbols == {"SAIL"}
+
+
+def test_a_local_cluster_lists_every_node_and_replicates_topics_three_ways() -> None:
+    single = load_settings(stack={"kafka_port": 30000, "kafka_controller_port": 30001})
+    assert single.kafka_bootstrap() == "127.0.0.1:30000"
+    assert single.topic_replication_factor() == 1
+    three = load_settings(
+        stack={"kafka_port": 30000, "kafka_controller_port": 30001, "kafka_brokers": 3}
+    )
+    assert three.local_kafka_ports() == [(30000, 30001), (30002, 30003), (30004, 30005)]
+    assert three.kafka_bootstrap() == "127.0.0.1:30000,127.0.0.1:30002,127.0.0.1:30004"
+    assert three.topic_replication_factor() == 3
+    explicit = load_settings(stack={"kafka_brokers": 3}, kafka={"replication_factor": 2})
+    assert explicit.topic_replication_factor() == 2

@@ -19,10 +19,12 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -194,12 +196,23 @@ class LocalKafka:
         controller_port: int,
         heap: str = "512m",
         start_timeout_s: float = 60.0,
+        *,
+        node_id: int = 1,
+        voters: Sequence[tuple[int, int]] = (),
+        cluster_id: str | None = None,
+        home: Path | None = None,
     ) -> None:
-        self.home = state_dir.resolve() / "kafka"
+        """One node. Alone by default; a member of a cluster (:class:`LocalKafkaCluster`)
+        with ``voters`` = every node's (node id, controller port) and a shared
+        ``cluster_id`` the storage is formatted with."""
+        self.home = home.resolve() if home is not None else state_dir.resolve() / "kafka"
         self.port = port
         self.controller_port = controller_port
         self.heap = heap
         self.start_timeout_s = start_timeout_s
+        self.node_id = node_id
+        self.voters = tuple(voters) or ((node_id, controller_port),)
+        self._cluster_id = cluster_id
         self._proc: subprocess.Popen[bytes] | None = None
         self._server_log_start = 0
 
@@ -287,10 +300,7 @@ class LocalKafka:
         java = find_java()
         libs = kafka_libs()  # has its own time limit: a cold cache downloads ~43 MB
         resolved = time.monotonic()
-        self._write_config()
-        if self.cluster_id() is None:
-            self._format(java, libs)
-        pid = self._spawn(java, libs)
+        pid = self._launch(java, libs)
         try:
             self._wait_answering(pid, resolved)
         except StackError:
@@ -299,6 +309,25 @@ class LocalKafka:
         elapsed = time.monotonic() - started
         log.info("Kafka broker %s started in %.1f s", self.bootstrap, elapsed)
         return elapsed
+
+    def _launch(self, java: Path, libs: Path) -> int:
+        """Config written, storage formatted if new, JVM spawned; does not wait."""
+        self._write_config()
+        if self.cluster_id() is None:
+            self._format(java, libs)
+        return self._spawn(java, libs)
+
+    def kill(self) -> None:
+        """SIGKILL the JVM (a crash, for tests); its pid file is removed."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            if self._proc is not None:
+                self._proc.wait(30)
+            else:
+                poll_until(lambda: not pid_alive(pid), 30)
+        self._proc = None
+        self.pid_file.unlink(missing_ok=True)
 
     def stop(self) -> bool:
         """Stop the broker: SIGTERM, up to 20 s for a clean shutdown, then SIGKILL.
@@ -331,10 +360,14 @@ class LocalKafka:
         self.log4j_config.write_text(self._log4j_properties())
 
     def _server_properties(self) -> str:
+        replicas = min(len(self.voters), 3)
+        isr = max(1, replicas - 1)
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": ",".join(
+                f"{node}@127.0.0.1:{port}" for node, port in self.voters
+            ),
             "listeners": (
                 f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
             ),
@@ -346,12 +379,15 @@ class LocalKafka:
             "num.partitions": "3",
             "auto.create.topics.enable": "false",
             "group.initial.rebalance.delay.ms": "0",
-            # One broker: every internal topic has one replica.
-            "offsets.topic.replication.factor": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            # Internal topics: one replica on one broker; on three, three with two in sync
+            # (one broker may die without stopping groups or transactions).
+            "offsets.topic.replication.factor": str(replicas),
+            "transaction.state.log.replication.factor": str(replicas),
+            "transaction.state.log.min.isr": str(isr),
+            "share.coordinator.state.topic.replication.factor": str(replicas),
+            "share.coordinator.state.topic.min.isr": str(isr),
+            "default.replication.factor": str(replicas),
+            "min.insync.replicas": str(isr),
             # Fewer internal partitions: the first consumer group / transaction starts faster.
             "offsets.topic.num.partitions": "10",
             "transaction.state.log.num.partitions": "10",
@@ -409,7 +445,7 @@ class LocalKafka:
         cmd = self._java_cmd(
             java, libs, "256m", self.log_dir / "storage-format.log",
             "kafka.tools.StorageTool", "format",
-            "-t", _cluster_id(), "-c", str(self.server_properties),
+            "-t", self._cluster_id or _cluster_id(), "-c", str(self.server_properties),
         )  # fmt: skip
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
@@ -466,3 +502,117 @@ class LocalKafka:
             if text:
                 parts.append(f"--- {path}\n{text}")
         return "\n".join(parts) or f"(no logs in {self.log_dir})"
+
+
+class LocalKafkaCluster:
+    """``size`` KRaft nodes on 127.0.0.1 (each broker and controller: a ``size``-voter
+    quorum), homes ``<state_dir>/kafka/node-<id>``; internal topics replicated on up to 3
+    nodes with ``replicas - 1`` in sync."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        ports: Sequence[tuple[int, int]],
+        heap: str = "512m",
+        start_timeout_s: float = 90.0,
+    ) -> None:
+        if len(ports) < 1:
+            raise StackError("a cluster needs at least one node")
+        root = state_dir.resolve() / "kafka"
+        voters = [(i + 1, controller) for i, (_, controller) in enumerate(ports)]
+        shared = _read_cluster_id(root) or _cluster_id()
+        self.nodes = [
+            LocalKafka(
+                state_dir,
+                client,
+                controller,
+                heap,
+                start_timeout_s,
+                node_id=i + 1,
+                voters=voters,
+                cluster_id=shared,
+                home=root / f"node-{i + 1}",
+            )
+            for i, (client, controller) in enumerate(ports)
+        ]
+        self.start_timeout_s = start_timeout_s
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "cluster.id").write_text(shared + "\n")
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def start(self) -> float:
+        """Spawn every node that is not running, then wait until each answers (a node
+        answers only once a quorum of controllers is up, so all start before any wait)."""
+        started = time.monotonic()
+        java, libs = find_java(), kafka_libs()
+        pids = {}
+        for node in self.nodes:
+            if node.pid() is None:
+                node.pid_file.unlink(missing_ok=True)
+                node._check_ports()
+                pids[node.node_id] = node._launch(java, libs)
+        try:
+            for node in self.nodes:
+                node._wait_answering(node.pid() or pids.get(node.node_id, -1), started)
+        except StackError:
+            self.stop()
+            raise
+        return time.monotonic() - started
+
+    def pid(self) -> int | None:
+        """The pid of the first running node (None: no node runs)."""
+        return next((pid for node in self.nodes if (pid := node.pid()) is not None), None)
+
+    def answers(self, timeout: float = 2.0) -> bool:
+        return kafka_answers({"bootstrap.servers": self.bootstrap}, timeout)
+
+    def start_node(self, node_id: int) -> float:
+        """(Re)start one node of a running cluster and wait until it answers."""
+        return self.nodes[node_id - 1].start()
+
+    def stop(self) -> None:
+        """Stop every node at once: one by one, the last ones would wait for a quorum of
+        controllers that is already gone before giving up their controlled shutdown."""
+        threads = [threading.Thread(target=node.stop) for node in self.nodes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def active_controller(self) -> int | None:
+        """The node id of the quorum leader as the running nodes last logged it (the
+        transition with the highest epoch), None when no running node has logged one."""
+        best: tuple[int, int] | None = None  # (epoch, leader id)
+        for node in self.nodes:
+            if not node.is_running():
+                continue
+            try:
+                text = node.server_log.read_text(errors="replace")
+            except OSError:
+                continue
+            lines = [ln for ln in text.splitlines() if _TRANSITION in ln]
+            if not lines:
+                continue
+            state = lines[-1].split(_TRANSITION, 1)[1]
+            epoch = re.search(r"epoch=(\d+)", state)
+            if state.startswith("Leader"):
+                leader: int | None = node.node_id
+            else:
+                found = re.search(r"leader=(\d+)", state)
+                leader = int(found[1]) if found else None
+            if epoch and leader is not None and (best is None or int(epoch[1]) > best[0]):
+                best = (int(epoch[1]), leader)
+        return None if best is None else best[1]
+
+
+_TRANSITION = "Completed transition to "
+
+
+def _read_cluster_id(root: Path) -> str | None:
+    try:
+        return (root / "cluster.id").read_text().strip() or None
+    except OSError:
+        return None

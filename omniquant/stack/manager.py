@@ -16,7 +16,7 @@ from redis.retry import Retry
 
 from core.config import Settings, mask_url
 from core.errors import OmniquantError
-from omniquant.stack.kafka import LocalKafka, kafka_answers
+from omniquant.stack.kafka import LocalKafka, LocalKafkaCluster, kafka_answers
 from omniquant.stack.redis import LocalRedis
 
 __all__ = ["LocalStack", "ServiceStatus"]
@@ -41,13 +41,22 @@ class LocalStack:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         stack = settings.stack
-        self.kafka = LocalKafka(
-            settings.state_dir,
-            port=stack.kafka_port,
-            controller_port=stack.kafka_controller_port,
-            heap=stack.kafka_heap,
-            start_timeout_s=stack.start_timeout_s,
-        )
+        self.kafka: LocalKafka | LocalKafkaCluster
+        if stack.kafka_brokers > 1:
+            self.kafka = LocalKafkaCluster(
+                settings.state_dir,
+                settings.local_kafka_ports(),
+                heap=stack.kafka_heap,
+                start_timeout_s=max(stack.start_timeout_s, 90.0),
+            )
+        else:
+            self.kafka = LocalKafka(
+                settings.state_dir,
+                port=stack.kafka_port,
+                controller_port=stack.kafka_controller_port,
+                heap=stack.kafka_heap,
+                start_timeout_s=stack.start_timeout_s,
+            )
         self.redis = LocalRedis(
             settings.state_dir, port=stack.redis_port, start_timeout_s=stack.start_timeout_s
         )
@@ -60,6 +69,10 @@ class LocalStack:
         """Stop the local Kafka and Redis (their data stays in the state dir)."""
         if self.settings.uses_local_kafka:
             self.kafka.stop()
+            # nodes of a cluster started with other settings (`up --brokers N`): their pid
+            # files are enough to stop them
+            for home in sorted((self.settings.state_dir / "kafka").glob("node-*")):
+                LocalKafka(self.settings.state_dir, 0, 0, home=home).stop()
         if self.settings.uses_local_redis:
             self.redis.stop()
 
