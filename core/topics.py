@@ -53,6 +53,12 @@ FEEDS_DEAD_LETTERS = "feeds"
 #: topic prefixes of backtest namespaces (bt-<run id>.): paper venue only, no live broker
 BACKTEST_PREFIX = "bt-"
 
+
+def backtest_namespace(run_id: str) -> str:
+    """The topic prefix of backtest run ``run_id``."""
+    return f"{BACKTEST_PREFIX}{run_id}."
+
+
 RECORD_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("market.trades", "symbol", f"{_NS}.market.Trade", "Trade prints from every feed."),
     TopicSpec("market.quotes", "symbol", f"{_NS}.market.Quote", "Top-of-book quote updates."),

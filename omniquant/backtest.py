@@ -67,7 +67,7 @@ from rich.console import Console
 
 from core.config import Settings, load_settings
 from core.errors import ConfigError, OmniquantError
-from core.topics import BACKTEST_PREFIX, TopicNames
+from core.topics import TopicNames, backtest_namespace
 from omniquant.stages import STAGES, StageSpec, topic_catalog
 from schemas.fixedpoint import from_fixed, to_fixed
 
@@ -730,7 +730,7 @@ def backtest(
         raise typer.BadParameter("give files to replay, or --from-topics --start --end")
     try:
         live = load_settings()
-        settings = load_settings(topic_prefix=f"{BACKTEST_PREFIX}{rid}.")
+        settings = load_settings(topic_prefix=backtest_namespace(rid))
         if paths:
             open_files(paths)  # a missing or unsupported file fails before any broker call
         env = strategy_env(strategy, params, _BARS_MS[bar.value], qty, long_only, account)

@@ -651,13 +651,10 @@ def trace(
 ) -> None:
     """One order's path across topics from ClickHouse: each hop's times and latency."""
     from core.clickhouse import connect_clickhouse
+    from omniquant.report.cli import namespace_of
     from omniquant.trace import Trace, read_trace, render, to_json
 
-    if run is not None:
-        if prefix is not None:
-            err_console.print("give --prefix or --run, not both")
-            raise typer.Exit(2)
-        prefix = f"bt-{run}."
+    prefix = namespace_of(prefix, run)
     settings = _settings()
     try:
         client = connect_clickhouse(settings)

@@ -167,6 +167,16 @@ def shared_data() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def chdb_cli_env(chdb_path: Path, base: dict[str, str] | None = None) -> dict[str, str | None]:
+    """CliRunner env reading the chDB at ``chdb_path``: no OMNIQUANT_* or CLICKHOUSE_URL of
+    the calling shell, plus ``base``."""
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("OMNIQUANT_")}
+    env.update(base or {})
+    env["CLICKHOUSE_URL"] = None
+    env["OMNIQUANT_CLICKHOUSE__CHDB_PATH"] = str(chdb_path)
+    return env
+
+
 def shared_file(root: Path, relative: str) -> Path:
     """``root/relative``, or skip the test saying which path was looked for."""
     path = root / relative

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import typer
+from conftest import chdb_cli_env
 from pipeline_store import PipelineStore, pipeline_store  # noqa: F401
 from pydantic import BaseModel
 from typer.testing import CliRunner
@@ -499,19 +500,11 @@ def _report_app() -> typer.Typer:
     return app
 
 
-def _cli_env(chdb_path: Path, base: dict[str, str] | None = None) -> dict[str, str | None]:
-    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("OMNIQUANT_")}
-    env.update(base or {})
-    env["CLICKHOUSE_URL"] = None
-    env["OMNIQUANT_CLICKHOUSE__CHDB_PATH"] = str(chdb_path)
-    return env
-
-
 def test_report_command_writes_the_page_of_a_store(chdb_dir: Path, tmp_path: Path) -> None:
     _fill_store(chdb_dir)
     out = tmp_path / "r"
     result = CliRunner().invoke(
-        _report_app(), ["--out", str(out), "--symbol", "AAPL"], env=_cli_env(chdb_dir)
+        _report_app(), ["--out", str(out), "--symbol", "AAPL"], env=chdb_cli_env(chdb_dir)
     )
     assert result.exit_code == 0, result.output
     page = Path(result.output.strip().splitlines()[-1])
@@ -532,7 +525,7 @@ def test_report_command_on_an_empty_store_says_there_is_no_data(
     finally:
         client.close()
     result = CliRunner().invoke(
-        _report_app(), ["--out", str(tmp_path / "r")], env=_cli_env(chdb_dir)
+        _report_app(), ["--out", str(tmp_path / "r")], env=chdb_cli_env(chdb_dir)
     )
     assert result.exit_code == 0, result.output
     assert "No data for this namespace and account." in (tmp_path / "r" / "index.html").read_text()
@@ -540,7 +533,7 @@ def test_report_command_on_an_empty_store_says_there_is_no_data(
 
 def test_report_command_refuses_prefix_and_run_together(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        _report_app(), ["--prefix", "a.", "--run", "b"], env=_cli_env(tmp_path / "none")
+        _report_app(), ["--prefix", "a.", "--run", "b"], env=chdb_cli_env(tmp_path / "none")
     )
     assert result.exit_code == 2
     assert "not both" in result.output
@@ -617,7 +610,7 @@ def test_report_command_over_the_real_run_for_one_symbol(
     tmp_path: Path,
 ) -> None:
     counts = store_report[3]
-    env = _cli_env(pipeline_store.chdb_path, pipeline_store.env)
+    env = chdb_cli_env(pipeline_store.chdb_path, pipeline_store.env)
     prefix = pipeline_store.env["OMNIQUANT_TOPIC_PREFIX"]
     result = CliRunner().invoke(
         _report_app(),

@@ -11,13 +11,13 @@ and the Kafka records' ``correlation_id`` header.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import chdb_cli_env
 from kafka_read import read_until
 from pipeline_store import PipelineStore, pipeline_store  # noqa: F401
 from pydantic import BaseModel
@@ -208,14 +208,6 @@ class Store:
             client.close()
 
 
-def _cli_env(chdb_path: Path, base: dict[str, str] | None = None) -> dict[str, str | None]:
-    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("OMNIQUANT_")}
-    env.update(base or {})
-    env["CLICKHOUSE_URL"] = None
-    env["OMNIQUANT_CLICKHOUSE__CHDB_PATH"] = str(chdb_path)
-    return env
-
-
 def _trace_json(env: dict[str, str | None], *args: str) -> dict[str, Any]:
     result = CliRunner().invoke(app, ["trace", *args, "--json"], env=env)
     assert result.exit_code == 0, result.output
@@ -227,7 +219,7 @@ def _trace_json(env: dict[str, str | None], *args: str) -> dict[str, Any]:
 def test_filled_order_trace_has_every_hop_in_path_order_with_latencies(chdb_dir: Path) -> None:
     store = Store()
     store.fill(chdb_dir)
-    doc = _trace_json(_cli_env(chdb_dir), store.order.client_order_id, "--prefix", NS)
+    doc = _trace_json(chdb_cli_env(chdb_dir), store.order.client_order_id, "--prefix", NS)
 
     s, o, d, r, f = store.signal, store.order, store.decision, store.reports, store.fills
     # path order: signal, request, decision, approved order, then reports and fills as they
@@ -269,7 +261,7 @@ def test_filled_order_trace_has_every_hop_in_path_order_with_latencies(chdb_dir:
 def test_rejected_order_trace_shows_its_failing_checks(chdb_dir: Path) -> None:
     store = Store()
     store.fill(chdb_dir)
-    env = _cli_env(chdb_dir)
+    env = chdb_cli_env(chdb_dir)
     doc = _trace_json(env, store.rejected.client_order_id)
     assert doc["namespace"] == NS
     assert [h["hop"] for h in doc["hops"]] == ["signal", "request", "decision"]
@@ -295,7 +287,7 @@ def test_rejected_order_trace_shows_its_failing_checks(chdb_dir: Path) -> None:
 
 def test_unknown_id_says_so_and_exits_1(chdb_dir: Path) -> None:
     Store().fill(chdb_dir)
-    env = _cli_env(chdb_dir)
+    env = chdb_cli_env(chdb_dir)
     result = CliRunner().invoke(app, ["trace", "no-such-order"], env=env)
     assert result.exit_code == 1
     assert "no order with client order id 'no-such-order'" in result.output
@@ -310,7 +302,7 @@ def test_unknown_id_says_so_and_exits_1(chdb_dir: Path) -> None:
 def test_unique_prefix_finds_the_order_and_an_ambiguous_one_lists_the_ids(chdb_dir: Path) -> None:
     store = Store()
     store.fill(chdb_dir)
-    env = _cli_env(chdb_dir)
+    env = chdb_cli_env(chdb_dir)
     coid = store.order.client_order_id
     doc = _trace_json(env, coid[:-8])
     assert doc["client_order_id"] == coid
@@ -339,7 +331,7 @@ def test_build_trace_leaves_out_other_orders_and_namespaces() -> None:
 
 def test_prefix_and_run_together_are_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        app, ["trace", "x", "--prefix", "a.", "--run", "b"], env=_cli_env(tmp_path / "none")
+        app, ["trace", "x", "--prefix", "a.", "--run", "b"], env=chdb_cli_env(tmp_path / "none")
     )
     assert result.exit_code == 2
     assert "not both" in result.output
@@ -388,7 +380,7 @@ def test_trace_of_a_filled_order_of_a_real_run_follows_it_through_tables_logs_an
 ) -> None:
     coid = _filled_order(pipeline_store)
     prefix = pipeline_store.env["OMNIQUANT_TOPIC_PREFIX"]
-    env = _cli_env(pipeline_store.chdb_path, pipeline_store.env)
+    env = chdb_cli_env(pipeline_store.chdb_path, pipeline_store.env)
 
     table = CliRunner().invoke(app, ["trace", coid], env=env)
     assert table.exit_code == 0, table.output

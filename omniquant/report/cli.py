@@ -9,8 +9,19 @@ import typer
 
 from core.config import load_settings
 from core.errors import ConfigError, OmniquantError
+from core.topics import backtest_namespace
 
-__all__ = ["report"]
+__all__ = ["namespace_of", "report"]
+
+
+def namespace_of(prefix: str | None, run: str | None) -> str | None:
+    """The namespace ``--prefix`` or ``--run`` names (None: neither); both: exit 2."""
+    if run is None:
+        return prefix
+    if prefix is not None:
+        typer.echo("give --prefix or --run, not both", err=True)
+        raise typer.Exit(2)
+    return backtest_namespace(run)
 
 
 def report(
@@ -36,11 +47,7 @@ def report(
     from core.clickhouse import connect_clickhouse
     from omniquant.report import from_clickhouse, render_report
 
-    if run is not None:
-        if prefix is not None:
-            typer.echo("give --prefix or --run, not both", err=True)
-            raise typer.Exit(2)
-        prefix = f"bt-{run}."
+    prefix = namespace_of(prefix, run)
     try:
         settings = load_settings()
     except ConfigError as exc:
