@@ -46,7 +46,7 @@ __all__ = [
     "pipeline_store",
 ]
 
-RUN_SECONDS = 8
+RUN_SECONDS = 12  # 8 s left a loaded CI box once with too few risk observations for VaR
 RATE = 400.0  # trades per second, all symbols: ~3200 ticks
 SYMBOLS = "AAPL,MSFT,SPY"
 SEED = 11
