@@ -2,7 +2,7 @@
 # Installs what a fresh Debian/Ubuntu machine lacks to run OmniQuant locally:
 # Java 17+ (Kafka broker), Maven (resolves the Kafka jars from Maven Central), redis-server,
 # chromium (headless check of the `omniquant report` page), prometheus (its promtool checks and
-# unit-tests the alert rules in docker/prometheus/rules/).
+# unit-tests the alert rules in docker/prometheus/rules/), openssl (checks the secure mode's certificates).
 # Python 3.11+ is assumed (it runs this project). Safe to run again: installs only what is missing.
 set -euo pipefail
 
@@ -18,6 +18,7 @@ command -v mvn >/dev/null 2>&1 || missing+=(maven)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "system deps: java $(java -version 2>&1 | awk -F'"' '/version/ {print $2}'), $(mvn -v 2>/dev/null | head -1 | sed 's/\x1b\[[0-9;]*m//g'), $(redis-server --version | cut -d' ' -f1-3), $(chromium --version 2>/dev/null), $(promtool --version 2>&1 | head -1 | cut -d' ' -f1-3)"
@@ -26,7 +27,7 @@ fi
 
 echo "system deps missing: ${missing[*]}"
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "install them with your package manager (need Java 17+, Maven, redis-server, chromium, prometheus/promtool), then retry" >&2
+  echo "install them with your package manager (need Java 17+, Maven, redis-server, chromium, prometheus/promtool, openssl), then retry" >&2
   exit 1
 fi
 SUDO=""

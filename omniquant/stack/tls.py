@@ -136,8 +136,6 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def _write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to a file only its owner can read (made 0600 before any byte lands)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
+    with os.fdopen(fd, "wb") as out:  # write() of a file object writes every byte
+        out.write(data)
