@@ -12,7 +12,7 @@ BACKTEST_ARGS ?= --strategy sma-crossover --param fast=10 --param slow=30 --bar 
 
 .DEFAULT_GOAL := help
 .PHONY: help deps venv up down status topics run backtest test test-backtest test-multibroker test-unit lint fmt docs bench clean
-.PHONY: test-alerts
+.PHONY: test-alerts test-fuzz test-chaos test-secure
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -59,6 +59,15 @@ test: deps venv ## run the whole test suite against real Kafka, Redis and chDB
 
 test-multibroker: deps venv ## the 3-node KRaft cluster tests (broker and controller killed)
 	$(BIN)/pytest -m multibroker tests/test_kafka_cluster.py $(PYTEST_ARGS)
+
+test-fuzz: deps venv ## fuzz every input topic (hypothesis + seeded corruption; bounded)
+	$(BIN)/pytest -m fuzz $(PYTEST_ARGS)
+
+test-chaos: deps venv ## kill loops over every stage, Redis restart, ClickHouse outage
+	$(BIN)/pytest -m chaos $(PYTEST_ARGS)
+
+test-secure: deps venv ## SASL_SSL + ACLs: the pipeline secured, refusals, secret scan
+	$(BIN)/pytest -m secure $(PYTEST_ARGS)
 
 test-backtest: deps venv ## the full-day backtest reference and determinism tests (minutes each)
 	$(BIN)/pytest -m backtest tests/test_backtest_reference.py $(PYTEST_ARGS)
