@@ -449,6 +449,12 @@ class StackSettings(_Section):
         description="local KRaft nodes (`omniquant up --brokers 3`); node i listens on "
         "kafka_port + 2i and kafka_controller_port + 2i",
     )
+    kafka_secure: bool = Field(
+        default=False,
+        description="`omniquant up --secure`: SASL_SSL (SCRAM-SHA-512) for clients, mutual "
+        "TLS between controllers, ACLs from the stage registry; CA, certificates and "
+        "per-component passwords under <state_dir>/kafka/secure",
+    )
     kafka_heap: str = Field(default="512m", pattern=r"^[0-9]+[kmgKMG]$")
     redis_port: int = Field(default=16379, ge=1, le=65535)
     start_timeout_s: float = Field(default=60.0, gt=0)

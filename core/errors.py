@@ -85,6 +85,11 @@ class FeedParseError(OmniquantError):
         return type(self), (self.reason, str(self))
 
 
+class KafkaAccessError(StackError):
+    """The cluster refused this client: wrong SASL credentials, or a TLS certificate the
+    client does not trust (retrying cannot help)."""
+
+
 class TopicError(OmniquantError):
     """A topic could not be created or does not match the catalog."""
 

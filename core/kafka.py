@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from core.config import Settings
-from core.errors import StackError, TopicError
+from core.errors import KafkaAccessError, StackError, TopicError
 from core.topics import TopicCatalog, TopicSpec
 
 PARTITIONER = "murmur2_random"
@@ -65,21 +65,54 @@ def broker_answers(settings: Settings, timeout: float = 2.0) -> bool:
 
 
 def wait_for_broker(settings: Settings, timeout: float) -> float:
-    """Block until the cluster answers a metadata request; return seconds waited."""
+    """Block until the cluster answers a metadata request; return seconds waited.
+
+    Raises :class:`KafkaAccessError` at once when the cluster refuses the client's
+    credentials or the client does not trust its certificate (no retry helps), and
+    :class:`StackError` when it does not answer within ``timeout``."""
     start = time.monotonic()
     deadline = start + timeout
-    admin = admin_client(settings)
+    refusals: list[KafkaError] = []
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
+            refusals.append(err)
+
+    admin = AdminClient({**settings.kafka_client_config(), "error_cb": on_error})
     while True:
         remaining = deadline - time.monotonic()
         try:
             admin.list_topics(timeout=max(0.5, min(2.0, remaining)))
             return time.monotonic() - start
         except KafkaException as exc:
+            admin.poll(0)  # serves error_cb
+            if refusals:
+                raise access_error(settings, refusals[-1]) from None
             if time.monotonic() >= deadline:
                 raise StackError(
                     f"Kafka at {settings.kafka_bootstrap()} did not answer within "
                     f"{timeout:.0f} s: {exc}"
                 ) from None
+
+
+def access_error(settings: Settings, err: KafkaError) -> KafkaAccessError:
+    """What to tell the user about a refused connection (names the settings to check,
+    never a secret's value)."""
+    kafka, where = settings.kafka, settings.kafka_bootstrap()
+    reason = err.str()
+    if err.code() == KafkaError._AUTHENTICATION:
+        return KafkaAccessError(
+            f"Kafka at {where} refused user {kafka.sasl_username!r} ({kafka.sasl_mechanism}): "
+            "wrong password or no such user. Check OMNIQUANT_KAFKA__SASL_USERNAME and "
+            f"OMNIQUANT_KAFKA__SASL_PASSWORD. ({reason})"
+        )
+    if "certificate verify failed" in reason or "verify" in reason.lower():
+        ca = kafka.ssl_ca_location or "unset: the system CAs"
+        return KafkaAccessError(
+            f"the TLS certificate of Kafka at {where} is not trusted: it is not signed by "
+            f"the CA in OMNIQUANT_KAFKA__SSL_CA_LOCATION ({ca}). ({reason})"
+        )
+    return KafkaAccessError(f"TLS with Kafka at {where} failed: {reason}")
 
 
 @dataclass(frozen=True, slots=True)

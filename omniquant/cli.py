@@ -51,9 +51,16 @@ err_console = Console(stderr=True)
 DEFAULT_SYMBOLS = "AAPL,MSFT,NVDA,SPY"
 
 
-def _settings() -> Settings:
+def _settings(component: str | None = "admin") -> Settings:
+    """The effective settings, with the local stack's saved shape, as ``component`` (a
+    stage, ``replay``, ``admin``) sees Kafka: on a secure local stack, its own SCRAM user.
+    ``None``: no identity resolved (the supervisor hands each stage its own)."""
+    from omniquant.access import component_settings
+    from omniquant.stack.shape import with_saved_shape
+
     try:
-        return load_settings()
+        settings = with_saved_shape(load_settings())
+        return settings if component is None else component_settings(settings, component)
     except ConfigError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
@@ -94,25 +101,46 @@ def up(
         typer.Option(
             min=1,
             max=5,
-            help="KRaft nodes (a voter each); the other commands need the same "
-            "OMNIQUANT_STACK__KAFKA_BROKERS to list them all",
+            help="KRaft nodes (a voter each); remembered in <state_dir>/stack.json for the "
+            "other commands",
+        ),
+    ] = None,
+    secure: Annotated[
+        bool | None,
+        typer.Option(
+            "--secure/--no-secure",
+            help="SASL_SSL with SCRAM-SHA-512 per component, mutual TLS between controllers, "
+            "ACLs from the stage registry (CA and passwords under <state_dir>/kafka/secure)",
         ),
     ] = None,
 ) -> None:
     """Start the local stack (Kafka KRaft, Redis; chDB is embedded) and wait until it answers."""
+    from omniquant.access import ensure_access
     from omniquant.stack.manager import LocalStack
+    from omniquant.stack.shape import save_shape
 
-    settings = _settings()
+    settings = _settings(None)
+    shape: dict[str, Any] = {}
     if brokers is not None:
-        settings = settings.model_copy(
-            update={"stack": settings.stack.model_copy(update={"kafka_brokers": brokers})}
-        )
+        shape["kafka_brokers"] = brokers
+    if secure is not None:
+        shape["kafka_secure"] = secure
+    if shape:
+        settings = settings.model_copy(update={"stack": settings.stack.model_copy(update=shape)})
     started = time.monotonic()
     try:
         statuses = LocalStack(settings).up()
+        if settings.uses_local_kafka:
+            save_shape(settings)
+        users, acls = ensure_access(settings)
     except OmniquantError as exc:
         raise _fail(exc) from None
     console.print(_status_table(statuses))
+    if settings.uses_local_kafka and settings.stack.kafka_secure:
+        console.print(
+            f"secure: {users} SCRAM user(s) created, {acls} ACL bindings for namespace "
+            f"{settings.topic_prefix!r}; CA {settings.state_dir / 'kafka' / 'secure' / 'ca.pem'}"
+        )
     console.print(f"stack ready in {time.monotonic() - started:.1f} s")
 
 
@@ -254,11 +282,17 @@ def resume(
 
 # ---- stages -------------------------------------------------------------------------
 def _start_stage(name: str) -> Settings:
+    from core.kafka import wait_for_broker
     from core.logs import configure_logging
     from core.metrics import APP_UP, serve_metrics
 
-    settings = _settings()
+    settings = _settings(name)
     configure_logging(name, settings.log_level)
+    try:
+        # wrong credentials or an untrusted certificate: stop here, saying which setting
+        wait_for_broker(settings, timeout=settings.stack.start_timeout_s)
+    except OmniquantError as exc:
+        raise _fail(exc, 2) from None
     # Asked to stop before the stage runs (its app installs its own handler when it
     # starts): nothing was consumed, so nothing is left to flush — a clean exit.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
@@ -367,9 +401,11 @@ def run(
 ) -> None:
     """Run the whole pipeline on the local stack, supervised; summary and queries at the end."""
     from core.kafka import ensure_topics, wait_for_broker
+    from omniquant.access import component_settings, ensure_access
     from omniquant.stack.manager import LocalStack
     from omniquant.supervisor import Supervisor, pipeline_stages
 
+    base = _settings(None)
     settings = _settings()
     symbol_list = _symbols(symbols)
     try:
@@ -377,6 +413,7 @@ def run(
         LocalStack(settings).up()
         wait_for_broker(settings, timeout=settings.stack.start_timeout_s)
         ensure_topics(settings, topic_catalog())
+        ensure_access(settings)
         console.print(f"stack and topics ready in {time.monotonic() - started:.1f} s")
     except OmniquantError as exc:
         raise _fail(exc) from None
@@ -407,6 +444,7 @@ def run(
                 log_dir=log_dir,
                 drain_timeout=drain_timeout,
                 on_tick=lambda s: view.update(_live_view(s)),
+                stage_kafka=lambda name: component_settings(base, name).kafka,
             )
             code = supervisor.run()
             view.update(_live_view(supervisor))
@@ -418,6 +456,7 @@ def run(
             log_dir=log_dir,
             drain_timeout=drain_timeout,
             on_tick=print_progress,
+            stage_kafka=lambda name: component_settings(base, name).kafka,
         )
         code = supervisor.run()
         console.print(_live_view(supervisor))
@@ -508,7 +547,7 @@ def produce(
     from producers.runner import FeedRunner, RunnerConfig
     from producers.venues import create_feed
 
-    settings = _settings()
+    settings = _settings("feed")  # the feed's principal: market topics only
     symbol_list = [s.strip() for s in symbols.split(",") if s.strip()]
     if not symbol_list:
         raise typer.BadParameter("give at least one symbol")
@@ -556,17 +595,19 @@ def replay_command(
     dead letter was not delivered, 130 if interrupted.
     """
     from core.kafka import ensure_topics, wait_for_broker
+    from omniquant.access import component_settings
     from producers.replay import open_files, parse_bound, parse_speed
     from producers.replay import replay as replay_files
 
-    if topic_prefix is None:
-        settings = _settings()
-    else:
-        try:
-            settings = load_settings(topic_prefix=topic_prefix)
-        except ConfigError as exc:
-            err_console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(2) from None
+    admin = _settings()
+    if topic_prefix is not None:
+        admin = admin.model_copy(update={"topic_prefix": topic_prefix})
+    try:
+        settings = component_settings(_settings(None), "replay")  # writes market data only
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    settings = settings.model_copy(update={"topic_prefix": admin.topic_prefix})
     bounds: list[int | None] = []
     for option, value in (("--from", start), ("--to", end)):
         try:
@@ -579,8 +620,8 @@ def replay_command(
         raise typer.BadParameter(str(exc), param_hint="--speed") from None
     try:
         open_files(paths)  # a missing or unsupported file fails here, before any broker call
-        wait_for_broker(settings, timeout=30)
-        ensure_topics(settings, topic_catalog())
+        wait_for_broker(admin, timeout=30)
+        ensure_topics(admin, topic_catalog())
         stats = replay_files(
             paths, settings, speed=speed, from_ns=bounds[0], to_ns=bounds[1], progress=True
         )

@@ -135,7 +135,10 @@ def lag(
 ) -> None:
     """Consumer-group lag (records and seconds) and Burrow-style status, every group."""
     try:
-        settings = load_settings()
+        from omniquant.access import component_settings
+        from omniquant.stack.shape import with_saved_shape
+
+        settings = component_settings(with_saved_shape(load_settings()), "lag-monitor")
     except ConfigError as exc:
         Console(stderr=True).print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None

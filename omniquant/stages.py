@@ -118,6 +118,11 @@ class StageSpec:
     options: tuple[StageOption, ...] = ()
     # every record topic of the catalog (the sink): inputs are computed, not listed
     reads_all_records: bool = False
+    # topics read by assignment, outside the consumer group (no lag of its own): views
+    # of state other stages publish; the secure mode's ACLs grant them too
+    also_reads: tuple[str, ...] = ()
+    # those readers' throwaway group names: ``<prefix><name>-<random>``
+    reader_groups: tuple[str, ...] = ()
 
     @property
     def is_source(self) -> bool:
@@ -190,6 +195,9 @@ STAGES: tuple[StageSpec, ...] = (
         inputs=("orders.requests", "market.trades", "execution.reports"),
         outputs=("risk.decisions", "orders.approved"),
         dead_letter="risk-gate",
+        # its account view (portfolio, risk metrics) and trading-state watcher (control)
+        also_reads=("portfolio", "risk.metrics", "control"),
+        reader_groups=("account-view", "trading-state"),
         figures=(
             LiveFigure("approved", metrics.RISK_DECISIONS, (("decision", "APPROVED"),)),
             LiveFigure("rejected", metrics.RISK_DECISIONS, (("decision", "REJECTED"),)),
@@ -204,6 +212,7 @@ STAGES: tuple[StageSpec, ...] = (
         inputs=("orders.approved", "market.trades", "market.quotes", "control"),
         outputs=("execution.reports", "fills", "execution.orders"),
         dead_letter="execution",
+        reader_groups=("trading-state",),
         figures=(
             LiveFigure("submitted", metrics.ORDERS_SUBMITTED),
             LiveFigure("fills", metrics.FILLS),

@@ -23,10 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
-from core.config import Settings
-from core.kafka import LagProbe, broker_answers, end_offsets
+from core.config import KafkaSettings, Settings
+from core.kafka import LagProbe, end_offsets
 from core.topics import TopicNames
 from omniquant.stages import CONSUMED, PRODUCED, STAGES, StageSpec
 
@@ -169,6 +172,33 @@ def account_figures(stages: Sequence[Stage]) -> dict[str, dict[str, float]]:
     return out
 
 
+_IDENTITY_FIELDS = (
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "ssl_ca_location",
+    "ssl_certificate_location",
+    "ssl_key_location",
+    "ssl_key_password",
+    "client_id",
+)
+
+
+def kafka_identity_env(kafka: KafkaSettings) -> dict[str, str]:
+    """OMNIQUANT_KAFKA__* variables that give a child process this identity (secrets
+    revealed: only for a child's environment)."""
+    env = {}
+    for name in _IDENTITY_FIELDS:
+        value = getattr(kafka, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"OMNIQUANT_KAFKA__{name.upper()}"] = str(value)
+    return env
+
+
 class Supervisor:
     def __init__(
         self,
@@ -181,8 +211,12 @@ class Supervisor:
         broker_lost_after: float = 10.0,
         on_tick: Callable[[Supervisor], None] | None = None,
         out: TextIO = sys.stdout,
+        stage_kafka: Callable[[str], KafkaSettings] | None = None,
     ) -> None:
+        """``stage_kafka``: the Kafka client settings (identity) of each stage by name; by
+        default every stage gets the supervisor's own."""
         self.settings = settings
+        self.stage_kafka = stage_kafka or (lambda _name: settings.kafka)
         self.stages = stages
         self.duration = duration
         self.log_dir = log_dir
@@ -194,6 +228,18 @@ class Supervisor:
         self.outcome = "running"
         self._interrupted = False
         self._lag = LagProbe(settings)
+        # one client kept connected: a new one per check pays a TLS + SCRAM handshake
+        # (quiet: a lost broker is reported by the supervisor, not by librdkafka's log lines)
+        self._admin = AdminClient(
+            {**settings.kafka_client_config(), "log_level": 0, "error_cb": lambda _err: None}
+        )
+
+    def _broker_answers(self, timeout: float) -> bool:
+        try:
+            self._admin.list_topics(timeout=timeout)
+        except KafkaException:
+            return False
+        return True
 
     # ---- process control -------------------------------------------------------------
     def _spawn(self, stage: Stage) -> None:
@@ -201,7 +247,7 @@ class Supervisor:
         stage.log_path = self.log_dir / f"{stage.name}.log"
         env = dict(os.environ)
         env["OMNIQUANT_METRICS_PORT"] = str(stage.metrics_port)
-        env.update(self._settings_env())
+        env.update(self._settings_env(stage.name))
         logfile = stage.log_path.open("ab")
         stage.process = subprocess.Popen(
             [sys.executable, "-m", "omniquant.cli", "stage", *stage.args],
@@ -214,8 +260,9 @@ class Supervisor:
         )
         logfile.close()
 
-    def _settings_env(self) -> dict[str, str]:
-        """Make children see exactly the supervisor's effective settings."""
+    def _settings_env(self, stage: str) -> dict[str, str]:
+        """Make children see exactly the supervisor's effective settings (a stage's Kafka
+        credentials its own: the environment is where a component's secrets come from)."""
         s = self.settings
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap(),
@@ -224,6 +271,7 @@ class Supervisor:
             "OMNIQUANT_STATE_DIR": str(s.state_dir.resolve()),
             "OMNIQUANT_CLICKHOUSE__CHDB_PATH": str(s.chdb_path.resolve()),
         }
+        env.update(kafka_identity_env(self.stage_kafka(stage)))
         return env
 
     def _signal(self, stage: Stage, sig: int) -> None:
@@ -335,7 +383,7 @@ class Supervisor:
                 self._print_log_tail(stage)
                 # A stage that dies because Kafka went away: name the root cause. The
                 # watchdog's history counts too: one probe at this instant can be fooled.
-                broker_lost = broker_failing or not broker_answers(self.settings, timeout=2.0)
+                broker_lost = broker_failing or not self._broker_answers(timeout=2.0)
                 self._kill_all()
                 if broker_lost:
                     self.outcome = "Kafka broker lost"
@@ -347,7 +395,7 @@ class Supervisor:
                 return EXIT_STAGE_FAILED
             if now >= next_broker_check:
                 next_broker_check = now + 2.0
-                broker_failing = not broker_answers(self.settings, timeout=1.5)
+                broker_failing = not self._broker_answers(timeout=1.5)
                 if not broker_failing:
                     broker_ok_at = now
                 elif now - broker_ok_at > self.broker_lost_after:
@@ -409,7 +457,7 @@ class Supervisor:
                 stage.lag = lag
                 if lag == 0:
                     break
-                if not broker_answers(self.settings, timeout=2.0):
+                if not self._broker_answers(timeout=2.0):
                     self._print("ERROR: Kafka broker stopped answering during shutdown")
                     self._kill_all()
                     return EXIT_BROKER_LOST

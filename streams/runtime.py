@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ from quixstreams.models.serializers import (
 )
 from quixstreams.models.serializers.exceptions import SerializationError
 from quixstreams.models.topics import Topic, TopicAdmin, TopicManager
+from quixstreams.utils.json import dumps as quix_json_dumps
 
 from core.config import Settings
 from core.errors import SerdeError, TopicError
@@ -223,6 +225,79 @@ class Undecodable:
     def __init__(self, raw: bytes, error: Exception) -> None:
         self.raw = raw
         self.error = error
+
+
+class OutOfRange(ValueError):
+    """A decoded record with a value the stage refuses to take (its dead letter says which).
+
+    Raised before the record touches the stage's state: a Quix state write that fails
+    (e.g. a value beyond int64, which the store cannot serialize) fails the whole
+    checkpoint, and the stage with it.
+    """
+
+
+def require_event_time(record: Mapping[str, Any]) -> int:
+    """The record's ``ts_event``; :class:`OutOfRange` when it is before the Unix epoch.
+
+    Avro ``long`` lets an event time be anything in int64; a market event before 1970 is
+    nonsense, and one near int64's minimum puts its bar start (``ts - ts mod interval``)
+    below int64, which the state store cannot hold (found by tests/test_fuzz_inputs.py).
+    """
+    ts = int(record["ts_event"])
+    if ts < 0:
+        raise OutOfRange(f"ts_event {ts} is before the Unix epoch (1970-01-01T00:00:00Z)")
+    return ts
+
+
+_MISSING = object()
+
+
+class StagedState:
+    """A record's state writes held back until :meth:`apply`, which first checks that the
+    store can hold every value (ints within int64, strings without lone surrogates: the
+    store's JSON), and raises :class:`OutOfRange` without writing anything when one cannot.
+
+    Quix fails the whole checkpoint, and the stage with it, after a write it cannot
+    serialize; a value computed from boundary inputs (a position's value beyond int64, a
+    symbol that decoded to surrogates) must be the record's dead letter instead (found by
+    tests/test_fuzz_inputs.py). Reads see the pending writes.
+    """
+
+    __slots__ = ("_pending", "_state")
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+        self._pending: dict[str, Any] = {}  # key → value, or _MISSING for a delete
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._pending.get(key, _NOT_PENDING)
+        if value is _NOT_PENDING:
+            return self._state.get(key, default)
+        return default if value is _MISSING else value
+
+    def set(self, key: str, value: Any) -> None:
+        self._pending[key] = value
+
+    def delete(self, key: str) -> None:
+        self._pending[key] = _MISSING
+
+    def apply(self) -> None:
+        for key, value in self._pending.items():
+            if value is _MISSING:
+                continue
+            try:
+                quix_json_dumps(value)
+            except (TypeError, ValueError) as exc:  # orjson: JSONEncodeError is a TypeError
+                raise OutOfRange(f"state {key!r} cannot be stored: {exc}: {value!r:.300}") from None
+        for key, value in self._pending.items():
+            if value is _MISSING:
+                self._state.delete(key)
+            else:
+                self._state.set(key, value)
+        self._pending.clear()
+
+
+_NOT_PENDING = object()
 
 
 class AvroRecordDeserializer(Deserializer):
@@ -467,9 +542,15 @@ class StreamApp:
         connection = ConnectionConfig.from_librdkafka_dict(
             dict(settings.kafka_client_config()), ignore_extras=True
         )
-        producer_extra = {"partitioner": PARTITIONER, "linger.ms": 5}
+        producer_extra: dict[str, Any] = {"partitioner": PARTITIONER, "linger.ms": 5}
+        admin_extra = dict(producer_extra)
+        if processing_guarantee == "exactly-once":
+            # Quix's default is a bare uuid; named after the group, a secure cluster can
+            # grant the app its transactional ids by prefix (KIP-447 fences by group
+            # generation, so the random part stays)
+            producer_extra["transactional.id"] = f"{self.consumer_group}-{uuid.uuid4().hex}"
         topic_manager = _VisibleTopicManager(
-            topic_admin=TopicAdmin(broker_address=connection, extra_config=producer_extra),
+            topic_admin=TopicAdmin(broker_address=connection, extra_config=admin_extra),
             consumer_group=self.consumer_group,
             timeout=30,
             create_timeout=60,

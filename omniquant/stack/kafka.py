@@ -42,8 +42,19 @@ from omniquant.stack._process import (
     tail,
     terminate,
 )
+from omniquant.stack.secure import ADMIN, MECHANISM, StackSecrets, broker_security_properties
+from omniquant.stack.tls import write_private
 
-__all__ = ["JAVA_MIN_VERSION", "POM", "LocalKafka", "find_java", "kafka_answers", "kafka_libs"]
+__all__ = [
+    "JAVA_MIN_VERSION",
+    "POM",
+    "LocalKafka",
+    "LocalKafkaCluster",
+    "admin_client_config",
+    "find_java",
+    "kafka_answers",
+    "kafka_libs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -201,10 +212,12 @@ class LocalKafka:
         voters: Sequence[tuple[int, int]] = (),
         cluster_id: str | None = None,
         home: Path | None = None,
+        secure: StackSecrets | None = None,
     ) -> None:
         """One node. Alone by default; a member of a cluster (:class:`LocalKafkaCluster`)
         with ``voters`` = every node's (node id, controller port) and a shared
-        ``cluster_id`` the storage is formatted with."""
+        ``cluster_id`` the storage is formatted with. ``secure``: SASL_SSL + ACLs with
+        these secrets (see :mod:`omniquant.stack.secure`)."""
         self.home = home.resolve() if home is not None else state_dir.resolve() / "kafka"
         self.port = port
         self.controller_port = controller_port
@@ -213,6 +226,7 @@ class LocalKafka:
         self.node_id = node_id
         self.voters = tuple(voters) or ((node_id, controller_port),)
         self._cluster_id = cluster_id
+        self.secure = secure
         self._proc: subprocess.Popen[bytes] | None = None
         self._server_log_start = 0
 
@@ -278,9 +292,18 @@ class LocalKafka:
     def is_running(self) -> bool:
         return self.pid() is not None
 
+    @property
+    def secure_marker(self) -> Path:
+        """Written when the storage is formatted secure (with the SCRAM users)."""
+        return self.home / "formatted-secure"
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka properties of the operator's client for this node."""
+        return admin_client_config(self.bootstrap, self.secure)
+
     def answers(self, timeout: float = 2.0) -> bool:
         """True when the broker answers a metadata request within ``timeout`` seconds."""
-        return kafka_answers({"bootstrap.servers": self.bootstrap}, timeout)
+        return kafka_answers(self.client_config(), timeout)
 
     def start(self) -> float:
         """Start the broker (formatting storage on first start) and wait until it answers.
@@ -312,8 +335,15 @@ class LocalKafka:
 
     def _launch(self, java: Path, libs: Path) -> int:
         """Config written, storage formatted if new, JVM spawned; does not wait."""
+        formatted = self.cluster_id() is not None
+        if formatted and self.secure is not None and not self.secure_marker.exists():
+            raise StackError(
+                f"the Kafka storage in {self.data_dir} was formatted without --secure, so it "
+                "has no SCRAM users: use another state dir (OMNIQUANT_STATE_DIR), or "
+                f"`omniquant down` and delete {self.home} to start afresh"
+            )
         self._write_config()
-        if self.cluster_id() is None:
+        if not formatted:
             self._format(java, libs)
         return self._spawn(java, libs)
 
@@ -356,7 +386,8 @@ class LocalKafka:
     def _write_config(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.server_properties.write_text(self._server_properties())
+        # 0600: a secure node's file holds the inter-broker password
+        write_private(self.server_properties, self._server_properties().encode())
         self.log4j_config.write_text(self._log4j_properties())
 
     def _server_properties(self) -> str:
@@ -376,6 +407,7 @@ class LocalKafka:
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(self.data_dir),
+            **self._security_properties(),
             "num.partitions": "3",
             "auto.create.topics.enable": "false",
             "group.initial.rebalance.delay.ms": "0",
@@ -394,8 +426,17 @@ class LocalKafka:
             # The default 128 MB compaction buffer would take a quarter of a small heap.
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
         }
+        if self.secure is not None:
+            props["listeners"] = (
+                f"SASL_SSL://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            )
         header = "# Written by omniquant.stack.kafka on every start; edits are overwritten.\n"
         return header + "".join(f"{key}={value}\n" for key, value in props.items())
+
+    def _security_properties(self) -> dict[str, str]:
+        if self.secure is None:
+            return {}
+        return broker_security_properties(self.secure, self.port)
 
     def _log4j_properties(self) -> str:
         return "\n".join(
@@ -446,16 +487,33 @@ class LocalKafka:
             java, libs, "256m", self.log_dir / "storage-format.log",
             "kafka.tools.StorageTool", "format",
             "-t", self._cluster_id or _cluster_id(), "-c", str(self.server_properties),
+            *self._scram_users(),
         )  # fmt: skip
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         except subprocess.TimeoutExpired:
             raise StackError("formatting Kafka storage took over 120 s") from None
         if out.returncode != 0 or self.cluster_id() is None:
+            detail = (out.stdout + out.stderr).strip()[-2000:]
+            if self.secure is not None:  # the tool may echo its arguments
+                for password in self.secure.passwords(list(_FORMAT_USERS)).values():
+                    detail = detail.replace(password, "***")
             raise StackError(
                 f"formatting Kafka storage in {self.data_dir} failed (exit {out.returncode}):\n"
-                + (out.stdout + out.stderr).strip()[-2000:]
+                + detail
             )
+        if self.secure is not None:
+            self.secure_marker.write_text("SCRAM users: " + ", ".join(_FORMAT_USERS) + "\n")
+
+    def _scram_users(self) -> list[str]:
+        """``--add-scram`` arguments: the users that must exist before the first start (the
+        broker's own and the operator's; the components' are added through the admin API)."""
+        if self.secure is None:
+            return []
+        args = []
+        for name, password in self.secure.passwords(list(_FORMAT_USERS)).items():
+            args += ["--add-scram", f"{MECHANISM}=[name={name},password={password}]"]
+        return args
 
     def _spawn(self, java: Path, libs: Path) -> int:
         stdout_log = self.stdout_log
@@ -515,6 +573,7 @@ class LocalKafkaCluster:
         ports: Sequence[tuple[int, int]],
         heap: str = "512m",
         start_timeout_s: float = 90.0,
+        secure: StackSecrets | None = None,
     ) -> None:
         if len(ports) < 1:
             raise StackError("a cluster needs at least one node")
@@ -532,10 +591,12 @@ class LocalKafkaCluster:
                 voters=voters,
                 cluster_id=shared,
                 home=root / f"node-{i + 1}",
+                secure=secure,
             )
             for i, (client, controller) in enumerate(ports)
         ]
         self.start_timeout_s = start_timeout_s
+        self.secure = secure
         root.mkdir(parents=True, exist_ok=True)
         (root / "cluster.id").write_text(shared + "\n")
 
@@ -566,8 +627,11 @@ class LocalKafkaCluster:
         """The pid of the first running node (None: no node runs)."""
         return next((pid for node in self.nodes if (pid := node.pid()) is not None), None)
 
+    def client_config(self) -> dict[str, str]:
+        return admin_client_config(self.bootstrap, self.secure)
+
     def answers(self, timeout: float = 2.0) -> bool:
-        return kafka_answers({"bootstrap.servers": self.bootstrap}, timeout)
+        return kafka_answers(self.client_config(), timeout)
 
     def start_node(self, node_id: int) -> float:
         """(Re)start one node of a running cluster and wait until it answers."""
@@ -609,6 +673,24 @@ class LocalKafkaCluster:
 
 
 _TRANSITION = "Completed transition to "
+_FORMAT_USERS = ("broker", ADMIN)
+
+
+def admin_client_config(bootstrap: str, secure: StackSecrets | None) -> dict[str, str]:
+    """The operator's librdkafka properties for a local node or cluster: PLAINTEXT, or
+    SASL_SSL as ``admin`` trusting the local CA (secrets revealed: pass to the client)."""
+    conf = {"bootstrap.servers": bootstrap}
+    if secure is not None:
+        conf.update(
+            {
+                "security.protocol": "SASL_SSL",
+                "sasl.mechanism": MECHANISM,
+                "sasl.username": ADMIN,
+                "sasl.password": secure.password(ADMIN),
+                "ssl.ca.location": str(secure.ca_path),
+            }
+        )
+    return conf
 
 
 def _read_cluster_id(root: Path) -> str | None:

@@ -18,6 +18,7 @@ from core.config import Settings, mask_url
 from core.errors import OmniquantError
 from omniquant.stack.kafka import LocalKafka, LocalKafkaCluster, kafka_answers
 from omniquant.stack.redis import LocalRedis
+from omniquant.stack.secure import StackSecrets
 
 __all__ = ["LocalStack", "ServiceStatus"]
 
@@ -41,6 +42,7 @@ class LocalStack:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         stack = settings.stack
+        self.secrets = StackSecrets(settings.state_dir) if stack.kafka_secure else None
         self.kafka: LocalKafka | LocalKafkaCluster
         if stack.kafka_brokers > 1:
             self.kafka = LocalKafkaCluster(
@@ -48,6 +50,7 @@ class LocalStack:
                 settings.local_kafka_ports(),
                 heap=stack.kafka_heap,
                 start_timeout_s=max(stack.start_timeout_s, 90.0),
+                secure=self.secrets,
             )
         else:
             self.kafka = LocalKafka(
@@ -56,6 +59,7 @@ class LocalStack:
                 controller_port=stack.kafka_controller_port,
                 heap=stack.kafka_heap,
                 start_timeout_s=stack.start_timeout_s,
+                secure=self.secrets,
             )
         self.redis = LocalRedis(
             settings.state_dir, port=stack.redis_port, start_timeout_s=stack.start_timeout_s
@@ -87,6 +91,8 @@ class LocalStack:
         pid = self.kafka.pid()
         if pid is not None and self.kafka.answers():
             return self._kafka(True, f"already running (pid {pid})")
+        if self.secrets is not None:
+            self.secrets.ensure()  # CA, broker certificate, broker and admin passwords
         took = self.kafka.start()
         return self._kafka(True, f"started in {took:.1f} s (pid {self.kafka.pid()})")
 
@@ -97,10 +103,14 @@ class LocalStack:
         pid = self.kafka.pid()
         if pid is None:
             return self._kafka(False, "not running")
+        if self.secrets is not None and not self.secrets.exists():
+            return self._kafka(False, f"pid {pid}; no credentials in {self.secrets.directory}")
         answering = self.kafka.answers(_CHECK_TIMEOUT_S)
         return self._kafka(answering, f"pid {pid}" + ("" if answering else ", not answering"))
 
     def _kafka(self, answering: bool, detail: str) -> ServiceStatus:
+        if self.secrets is not None and self.settings.uses_local_kafka:
+            detail += "; SASL_SSL (SCRAM-SHA-512), ACLs"
         return ServiceStatus(
             "kafka",
             self.settings.kafka_bootstrap(),

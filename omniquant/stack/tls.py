@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertificateAuthority", "IssuedCertificate"]
+__all__ = ["CertificateAuthority", "IssuedCertificate", "write_private"]
 
 _VALID_DAYS = 365
 _LOCAL_NAMES = ("localhost",)
@@ -78,7 +78,7 @@ class CertificateAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
-        _write_private(self.key_path, _key_pem(key))
+        write_private(self.key_path, _key_pem(key))
         self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return self
 
@@ -120,8 +120,8 @@ class CertificateAuthority:
             bundle=self.directory / f"{common_name}.pem",
         )
         issued.cert.write_bytes(cert_pem)
-        _write_private(issued.key, _key_pem(key))
-        _write_private(issued.bundle, _key_pem(key) + cert_pem + self.cert_path.read_bytes())
+        write_private(issued.key, _key_pem(key))
+        write_private(issued.bundle, _key_pem(key) + cert_pem + self.cert_path.read_bytes())
         return issued
 
 
@@ -133,7 +133,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to a file only its owner can read (made 0600 before any byte lands)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
