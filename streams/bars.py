@@ -18,7 +18,7 @@ from quixstreams import State
 from core.config import Settings
 from core.metrics import BAR_LATE_TRADES, BAR_TRADES_LEFT_OUT, BARS
 from streams.logic.ohlcv import BarBuilder, BarRule, TradeUse
-from streams.runtime import StreamApp
+from streams.runtime import StreamApp, require_event_time
 
 _RULES = {"all": BarRule.ALL_TRADES, "lean": BarRule.LEAN}
 LATE_HEADER = "late_interval_ms"
@@ -33,6 +33,8 @@ class BarsProcessor:
         self.rule = _RULES[settings.bars.rule]
 
     def on_trade(self, trade: dict[str, Any], state: State[str, Any]) -> dict[str, Any]:
+        # A pre-epoch trade is dead-lettered before it reaches the state (OutOfRange).
+        require_event_time(trade)
         symbol = str(trade["symbol"])
         bars: list[dict[str, Any]] = []
         late: list[int] = []

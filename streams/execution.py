@@ -139,7 +139,14 @@ from streams.logic.order_state import (
     reconcile,
 )
 from streams.logic.trading_state import ScopeState
-from streams.runtime import LIVENESS_STALL_S, DeadLetters, SampledTimer, now_ns
+from streams.runtime import (
+    LIVENESS_STALL_S,
+    DeadLetters,
+    OutOfRange,
+    SampledTimer,
+    now_ns,
+    require_event_time,
+)
 
 __all__ = ["APPROVED_AT_HEADER", "ExecutionConsumer", "build", "build_broker", "run"]
 
@@ -165,6 +172,10 @@ _HALT_CHECK_S = 0.05
 _KEEP_DONE = 10_000  # finished orders remembered, so late events are judged, not stashed
 _KEEP_STASHED = 10_000  # events of orders not (yet) known: an adoption may claim them
 _KAFKA_TIMEOUT_S = 30.0
+#: an approved order or a market record more than this ahead of the wall clock is
+#: dead-lettered: its event time becomes the Kafka timestamp of reports and fills, which the
+#: broker refuses beyond message.timestamp.after.max.ms (1 h by default)
+MAX_AHEAD_NS = 10 * 60 * 1_000_000_000
 
 
 # ---- venues ------------------------------------------------------------------------------
@@ -476,7 +487,7 @@ class ExecutionConsumer:
             for topic, partition, offset, value in _read_ranges(reader, ends, ranges):
                 if value is not None and offset < ends[(topic, partition)]:
                     record = self._decode_market(topic, value)
-                    if record is not None:
+                    if record is not None and _publishable(record):
                         self.broker.on_market_data(record)
                         fed += 1
         finally:
@@ -526,11 +537,14 @@ class ExecutionConsumer:
                 if not self.broker.live:  # a real venue has its own market
                     record = self._decode_market(topic, message.value(), message)
                     if record is not None:
+                        require_event_time(record, max_ahead_ns=MAX_AHEAD_NS)
                         self.broker.on_market_data(record)
             elif topic == self._control:
                 self._next_halt_check = 0.0
         except (KafkaException, redis.RedisError):
             raise  # not the record's fault: stop rather than lose it
+        except OutOfRange as exc:  # a valid record whose event time we cannot publish
+            self._dead_letter(message, exc, stage="process")
         except Exception as exc:
             log.exception("record could not be processed", extra={"topic": topic})
             self._dead_letter(message, exc, stage="process")
@@ -562,6 +576,10 @@ class ExecutionConsumer:
             self._dead_letter(message, exc)
             return
         MESSAGES_IN.labels(self._name, self._approved).inc()
+        # Reports and fills carry the order's event time as their Kafka timestamp: one the
+        # broker refuses would fail the transaction and stop the stage (OutOfRange: the
+        # order's dead letter instead).
+        require_event_time({"ts_event": order.ts_event}, max_ahead_ns=MAX_AHEAD_NS)
         with correlated(order.client_order_id):
             self._accept(order, _approved_at_ns(message))
 
@@ -1005,6 +1023,14 @@ def _initialise_series(app: str, venue: str) -> None:
         TRADES.labels(venue, str(side))
     for kind in ("venue_unavailable", "commit_retry", "transaction_aborted"):
         ERRORS.labels(app, kind)
+
+
+def _publishable(record: dict[str, Any]) -> bool:
+    try:
+        require_event_time(record, max_ahead_ns=MAX_AHEAD_NS)
+    except OutOfRange:
+        return False
+    return True
 
 
 def _abortable(exc: KafkaException) -> bool:

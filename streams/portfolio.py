@@ -45,7 +45,7 @@ from streams.logic.portfolio import (
     SymbolBook,
     next_interval,
 )
-from streams.runtime import StreamApp, now_ns
+from streams.runtime import StagedState, StreamApp, now_ns
 
 _BOOK = "book"
 _SCHEDULE = "marks"
@@ -61,11 +61,17 @@ class SymbolPositions:
         self.interval_ns = mark_interval_ms * 1_000_000
 
     def on_record(self, value: dict[str, Any], state: State[str, Any]) -> list[dict[str, Any]]:
+        # Writes are staged: what the store cannot hold is this record's dead letter
+        # (OutOfRange), not a failed checkpoint that stops the stage.
+        staged = StagedState(state)
         if "fill_id" in value:
-            return self._on_fill(Fill.model_validate(value), state)
-        return self._on_trade(int(value["price"]), int(value["ts_event"]), state)
+            out = self._on_fill(Fill.model_validate(value), staged)
+        else:
+            out = self._on_trade(int(value["price"]), int(value["ts_event"]), staged)
+        staged.apply()
+        return out
 
-    def _on_fill(self, fill: Fill, state: State[str, Any]) -> list[dict[str, Any]]:
+    def _on_fill(self, fill: Fill, state: StagedState) -> list[dict[str, Any]]:
         stored = state.get(_BOOK)
         book = SymbolBook.restore(stored) if stored is not None else SymbolBook(fill.symbol)
         raw = state.get(_SCHEDULE)
@@ -77,7 +83,7 @@ class SymbolPositions:
             state.set(_SCHEDULE, MarkSchedule(fill.price, fill.ts_event, due).to_list())
         return [position.model_dump()]
 
-    def _on_trade(self, price: int, ts: int, state: State[str, Any]) -> list[dict[str, Any]]:
+    def _on_trade(self, price: int, ts: int, state: StagedState) -> list[dict[str, Any]]:
         raw = state.get(_SCHEDULE)
         if raw is None:  # nobody holds this symbol: the trade touches nothing else
             return []
@@ -102,7 +108,7 @@ class StateHoldings(MutableMapping[str, Holding]):
     """An account's holdings in Quix state, one key per symbol (``h:<symbol>``) plus the
     list of symbols: a position reads and writes only its own symbol's key."""
 
-    def __init__(self, state: State[str, Any]) -> None:
+    def __init__(self, state: StagedState) -> None:
         self._state = state
 
     def _symbols(self) -> list[str]:
@@ -139,15 +145,17 @@ class AccountPortfolios:
 
     def on_position(self, value: dict[str, Any], state: State[str, Any]) -> dict[str, Any]:
         position = Position.model_validate(value)
-        stored = state.get(_TOTALS)
-        cash = state.get(_CASH)
+        staged = StagedState(state)  # see SymbolPositions.on_record
+        stored = staged.get(_TOTALS)
+        cash = staged.get(_CASH)
         if cash is None:
             cash = to_fixed(self.portfolio.cash_of(position.account))
-            state.set(_CASH, cash)
+            staged.set(_CASH, cash)
         totals = AccountTotals.from_list(stored) if stored is not None else None
-        book = AccountBook(position.account, int(cash), StateHoldings(state), totals)
+        book = AccountBook(position.account, int(cash), StateHoldings(staged), totals)
         snapshot: PortfolioSnapshot = book.on_position(position, ts_init=now_ns())
-        state.set(_TOTALS, book.totals.to_list())
+        staged.set(_TOTALS, book.totals.to_list())
+        staged.apply()
         holding = book.holding(position.symbol)
         if holding is not None:
             POSITION_VALUE.labels(position.account, position.symbol).set(

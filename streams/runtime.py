@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from quixstreams import Application, message_context
 from quixstreams.dataframe import StreamingDataFrame
 from quixstreams.kafka.configuration import ConnectionConfig
@@ -33,6 +33,7 @@ from quixstreams.models.serializers import (
 )
 from quixstreams.models.serializers.exceptions import SerializationError
 from quixstreams.models.topics import Topic, TopicAdmin, TopicManager
+from quixstreams.models.topics.exceptions import TopicNotFoundError
 from quixstreams.utils.json import dumps as quix_json_dumps
 
 from core.config import Settings
@@ -236,16 +237,24 @@ class OutOfRange(ValueError):
     """
 
 
-def require_event_time(record: Mapping[str, Any]) -> int:
-    """The record's ``ts_event``; :class:`OutOfRange` when it is before the Unix epoch.
+def require_event_time(record: Mapping[str, Any], *, max_ahead_ns: int | None = None) -> int:
+    """The record's ``ts_event``; :class:`OutOfRange` when it is before the Unix epoch, or
+    (with ``max_ahead_ns``) more than that ahead of the wall clock.
 
     Avro ``long`` lets an event time be anything in int64; a market event before 1970 is
     nonsense, and one near int64's minimum puts its bar start (``ts - ts mod interval``)
-    below int64, which the state store cannot hold (found by tests/test_fuzz_inputs.py).
+    below int64, which the state store cannot hold. A stage that stamps its output with
+    the event time as the Kafka timestamp needs the upper bound too: the broker refuses a
+    timestamp more than ``message.timestamp.after.max.ms`` (1 h by default) ahead, which
+    fails the whole transaction (both found by tests/test_fuzz_inputs.py).
     """
     ts = int(record["ts_event"])
     if ts < 0:
         raise OutOfRange(f"ts_event {ts} is before the Unix epoch (1970-01-01T00:00:00Z)")
+    if max_ahead_ns is not None and ts > time.time_ns() + max_ahead_ns:
+        raise OutOfRange(
+            f"ts_event {ts} is more than {max_ahead_ns / 1e9:g} s ahead of the wall clock"
+        )
     return ts
 
 
@@ -506,16 +515,47 @@ class _VisibleTopicManager(TopicManager):
     """Waits until a topic Quix just created (its state changelogs) shows in metadata.
 
     Quix reads a new topic back once, right after creating it; with KRaft the metadata can
-    lag the creation by a moment, and that read then fails the app's start.
+    lag the creation by a moment, and that read then fails the app's start. On a cluster
+    each request may go to another broker, and one that knows the topic says nothing of the
+    next (listed by one, its configs refused by another as UNKNOWN_TOPIC_OR_PART): every
+    read of a topic created here retries until the create timeout.
     """
+
+    _created_here: set[str]
 
     def _create_topic(self, topic: Topic, timeout: float, create_timeout: float) -> None:
         super()._create_topic(topic, timeout=timeout, create_timeout=create_timeout)
+        if not hasattr(self, "_created_here"):
+            self._created_here = set()
+        self._created_here.add(topic.name)
         deadline = time.monotonic() + create_timeout
-        while self._admin.inspect_topics([topic.name], timeout=timeout).get(topic.name) is None:
+        while not self._visible(topic.name, timeout):
             if time.monotonic() > deadline:
                 raise TopicError(f"topic {topic.name} was created but never became visible")
             time.sleep(0.1)
+
+    def _visible(self, name: str, timeout: float) -> bool:
+        try:
+            return self._admin.inspect_topics([name], timeout=timeout).get(name) is not None
+        except KafkaException as exc:
+            if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return False
+            raise
+
+    def _fetch_topic(self, topic: Topic) -> Topic:
+        if topic.name not in getattr(self, "_created_here", ()):
+            return super()._fetch_topic(topic)
+        deadline = time.monotonic() + self._create_timeout
+        while True:
+            try:
+                return super()._fetch_topic(topic)
+            except (TopicNotFoundError, KafkaException) as exc:
+                unknown = isinstance(exc, TopicNotFoundError) or (
+                    exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+                )
+                if not unknown or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
 
 class StreamApp:

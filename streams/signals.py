@@ -52,7 +52,14 @@ from schemas.models import Signal
 from streams.logic.orders import signal_to_order
 from streams.logic.strategies import Configured, StrategyRunner, configure
 from streams.logic.strategies.sma_crossover import adopt_sma_machine
-from streams.runtime import DeadLetters, StreamApp, Undecodable, correlation_headers, now_ns
+from streams.runtime import (
+    DeadLetters,
+    StreamApp,
+    Undecodable,
+    correlation_headers,
+    now_ns,
+    require_event_time,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +228,9 @@ class SignalsProcessor:
             assert self.dead_letters is not None, "no dead letters to send undecodable bytes to"
             self.dead_letters.keep_decodable(trade, key, timestamp, headers)
             return _NO_SIGNALS
+        # A pre-epoch trade is dead-lettered (OutOfRange) before it reaches the runner: its
+        # bar state could not be written at the next commit, which would stop the stage.
+        require_event_time(trade)
         states = self.states
         assert states is not None, "bind() the processor to its dataframe first"
         entry = states.symbols.get(key)

@@ -64,6 +64,8 @@ __all__ = [
 ENTRY_POINT_GROUP: Final = "omniquant.strategies"
 RUNNER_STATE_VERSION: Final = 1
 _NS_PER_MS: Final = 1_000_000
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
 
 
 class StrategyError(ConfigError):
@@ -425,9 +427,15 @@ class StrategyRunner:
 
     # -- state --------------------------------------------------------------------------
 
-    def bar_state(self) -> list[int | None]:
+    def bar_state(self) -> list[int | str | None]:
         """``[start, open, open_ts, high, low, close, close_ts, volume, count, late]``
-        (start None before the first trade). JSON-able; changes with every trade."""
+        (start None before the first trade). JSON-able; changes with every trade.
+
+        The volume is a sum of sizes, which can leave int64 (the state store's JSON cannot
+        hold such an int, and the signals stage stopped at its next commit: found by
+        tests/test_fuzz_inputs.py); it is then a decimal string, which :meth:`restore`
+        reads back like the BarBuilder's volumes."""
+        volume = self._volume
         return [
             self._start,
             self._open,
@@ -436,7 +444,7 @@ class StrategyRunner:
             self._low,
             self._close,
             self._close_ts,
-            self._volume,
+            volume if _INT64_MIN <= volume <= _INT64_MAX else str(volume),
             self._count,
             self._late,
         ]
@@ -460,7 +468,7 @@ class StrategyRunner:
         )
 
     def restore(
-        self, strategy_state: Mapping[str, Any] | None, bar: Sequence[int | None] | None
+        self, strategy_state: Mapping[str, Any] | None, bar: Sequence[int | str | None] | None
     ) -> None:
         """Put back :meth:`strategy_state` and :meth:`bar_state` output (either may be None).
 
