@@ -33,6 +33,7 @@ test would not fit the CI budget), and record keys (all keys are valid UTF-8).
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import threading
@@ -48,9 +49,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from quixstreams.utils.json import dumps as quix_json_dumps
 from stage_proc import spawn_stage, stage_namespace
 
-from core.config import Settings
+from core.config import Settings, load_settings
 from core.errors import SerdeError
 from core.kafka import LagProbe
 from core.metrics import DEAD_LETTERS
@@ -69,6 +71,9 @@ from schemas.models import (
     Trade,
 )
 from schemas.serde import AvroSerde
+from streams.bars import BarsProcessor
+from streams.runtime import OutOfRange, StagedState, require_event_time
+from streams.signals import SignalsProcessor
 
 pytestmark = [pytest.mark.integration, pytest.mark.fuzz]
 
@@ -690,3 +695,87 @@ def check_decisions(bootstrap: str, names: TopicNames, serde: AvroSerde) -> list
             f" {sum(1 for n in decided.values() if n > 1)} decided more than once"
         )
     return problems
+
+
+# ---- regressions of what the fuzz found (fast: no broker) ---------------------------------
+
+
+class _DictState:
+    """What a stage's processor uses of a Quix State; fails like Quix's on unstorable values
+    (the store's JSON), so a write that would fail a checkpoint fails here."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        quix_json_dumps(value)
+        self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+def _trade(**changes: Any) -> dict[str, Any]:
+    trade = Trade(
+        symbol="AAPL",
+        venue="SIM",
+        price=190_120_000_000,
+        size=100_000_000_000,
+        source="fuzz",
+        ts_event=NS_2023,
+        ts_init=NS_2023,
+    ).model_dump()
+    return {**trade, **changes}
+
+
+def test_a_pre_epoch_trade_is_refused_before_it_reaches_the_bars_state() -> None:
+    processor = BarsProcessor(load_settings())
+    state = _DictState()
+    with pytest.raises(OutOfRange, match="before the Unix epoch"):
+        processor.on_trade(_trade(ts_event=INT64_MIN), state)  # type: ignore[arg-type]
+    assert state.data == {}
+    processor.on_trade(_trade(), state)  # type: ignore[arg-type]
+    assert state.data
+
+
+def test_event_time_bounds() -> None:
+    assert require_event_time({"ts_event": 0}) == 0
+    with pytest.raises(OutOfRange):
+        require_event_time({"ts_event": -1})
+    now = time.time_ns()
+    assert require_event_time({"ts_event": now}, max_ahead_ns=60 * 10**9) == now
+    with pytest.raises(OutOfRange, match="ahead of the wall clock"):
+        require_event_time({"ts_event": 4_102_444_800 * 10**9}, max_ahead_ns=60 * 10**9)
+
+
+def test_a_signals_bar_volume_beyond_int64_is_stored_and_restored() -> None:
+    processor = SignalsProcessor(load_settings())
+    runner = processor.fresh()
+    for _ in range(3):
+        runner.on_trade(190_120_000_000, INT64_MAX, NS_2023)
+    stored = quix_json_dumps(runner.bar_state())  # raised TypeError before the fix
+    again = processor.fresh()
+    again.restore(None, json.loads(stored))
+    assert again.bar_state() == runner.bar_state()
+    assert int(again.bar_state()[7] or 0) == 3 * INT64_MAX
+
+
+def test_staged_state_writes_nothing_when_one_value_cannot_be_stored() -> None:
+    state = _DictState()
+    staged = StagedState(state)
+    staged.set("fine", [1, 2])
+    staged.set("too big", [INT64_MIN - 1])
+    assert staged.get("fine") == [1, 2]
+    with pytest.raises(OutOfRange, match="too big"):
+        staged.apply()
+    assert state.data == {}
+    staged = StagedState(state)
+    staged.set("fine", [1, 2])
+    staged.apply()
+    staged.delete("fine")
+    assert staged.get("fine") is None and state.data == {"fine": [1, 2]}
+    staged.apply()
+    assert state.data == {}
