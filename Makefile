@@ -58,7 +58,7 @@ test: deps venv ## run the whole test suite against real Kafka, Redis and chDB
 	if [ $$code -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$code
 
 test-multibroker: deps venv ## the 3-node KRaft cluster tests (broker and controller killed)
-	$(BIN)/pytest -m multibroker tests/test_kafka_cluster.py $(PYTEST_ARGS)
+	$(BIN)/pytest -m multibroker tests/test_kafka_cluster.py tests/test_cluster_pipeline.py $(PYTEST_ARGS)
 
 test-fuzz: deps venv ## fuzz every input topic (hypothesis + seeded corruption; bounded)
 	$(BIN)/pytest -m fuzz $(PYTEST_ARGS)

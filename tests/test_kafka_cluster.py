@@ -2,77 +2,23 @@
 3 and min.insync.replicas 2 keeps taking acks=all writes while one broker is SIGKILLed, and
 the broker rejoins and catches up (back in every partition's ISR); the active controller
 killed, another is elected and writes go on. Three JVMs on 2 cores, about a minute: in the
-default suite, and alone as ``make test-multibroker``."""
+default suite, and alone as ``make test-multibroker``. The cluster is the session's one
+(tests/cluster_fixture.py), shared with tests/test_cluster_pipeline.py."""
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Iterator
 
 import pytest
+from cluster_fixture import cluster  # noqa: F401
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from core.config import load_settings
-from core.kafka import ensure_topics
 from omniquant.stack.kafka import LocalKafkaCluster
-from omniquant.stack.manager import LocalStack
-from omniquant.stages import topic_catalog
 
 pytestmark = [pytest.mark.integration, pytest.mark.multibroker]
 
 TOPIC = "cluster.test"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _free_base() -> int:
-    """A port p with p .. p+5 free: three nodes' (client, controller) ports."""
-    for _ in range(50):
-        base = _free_port()
-        if base + 5 < 65_000 and all(_bindable(base + i) for i in range(6)):
-            return base
-    raise RuntimeError("no six consecutive free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafkaCluster]:
-    """`omniquant up --brokers 3`'s code: the stack's settings with three nodes."""
-    base = _free_base()
-    settings = load_settings(
-        state_dir=tmp_path_factory.mktemp("cluster"),
-        stack={"kafka_port": base, "kafka_controller_port": base + 1, "kafka_brokers": 3,
-               "kafka_heap": "384m"},
-    )  # fmt: skip
-    stack = LocalStack(settings)
-    assert isinstance(stack.kafka, LocalKafkaCluster)
-    took = stack.kafka.start()
-    print(f"3-node cluster {stack.kafka.bootstrap} up in {took:.1f} s")
-    try:
-        # the catalog's topics get 3 replicas on 3 nodes (2 in sync required)
-        ensure_topics(settings, topic_catalog())
-        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap()})
-        topics = admin.list_topics(timeout=15).topics
-        ours = [t for name, t in topics.items() if name.startswith(settings.topic_prefix)]
-        assert ours and all(len(p.replicas) == 3 for t in ours for p in t.partitions.values())
-        yield stack.kafka
-    finally:
-        stack.down()
-        assert not any(node.is_running() for node in stack.kafka.nodes)
 
 
 def _produce(bootstrap: str, start: int, count: int) -> None:
@@ -114,7 +60,9 @@ def _isr_sizes(admin: AdminClient) -> list[int]:
 
 
 @pytest.mark.timeout(600)
-def test_a_killed_broker_loses_nothing_and_rejoins(cluster: LocalKafkaCluster) -> None:
+def test_a_killed_broker_loses_nothing_and_rejoins(
+    cluster: LocalKafkaCluster,  # noqa: F811
+) -> None:
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
     meta = admin.list_topics(timeout=15)
     assert sorted(meta.brokers) == [1, 2, 3]
@@ -142,7 +90,7 @@ def test_a_killed_broker_loses_nothing_and_rejoins(cluster: LocalKafkaCluster) -
 
 @pytest.mark.timeout(600)
 def test_killing_the_active_controller_elects_another_and_writes_go_on(
-    cluster: LocalKafkaCluster,
+    cluster: LocalKafkaCluster,  # noqa: F811
 ) -> None:
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
     deadline = time.monotonic() + 120  # the previous test's broker may still be catching up
