@@ -28,7 +28,28 @@ sink itself is not killed here, its kill loop is that test.
 Harness: stages are started as ``omniquant stage <name>`` with one addition, static group
 membership (``group.instance.id``, as the sink already supports): without it a restarted
 member waits out the dead one's session timeout (45 s) before it gets its partitions, and
-20 kills × 6 stages would take an hour.
+20 kills × 6 stages would take an hour. Outputs are read once no transaction is open on
+them (a SIGKILLed exactly-once producer's stays open until the broker aborts it).
+
+Also: Redis (a LocalRedis of the test's own, not the session's) stopped while the gate or
+execution is busy and started again, empty; and the sink on its ClickHouse server path
+(``CLICKHOUSE_URL``, clickhouse-connect) with the server — ``sinks.query_server`` writable
+over a chDB directory: no ClickHouse server package fit for this schema installs here
+(Debian bookworm has clickhouse-server 18.16, from 2018) — SIGKILLed mid-run until the sink
+has backed off three times, then started again.
+
+What the kill loops found, and this file does not fix (the tests xfail with the figures, so
+a run shows them; they pass once fixed):
+
+- bars, signals, portfolio and risk-metrics commit at least once: every SIGKILL between a
+  produce and the next commit makes the next instance produce those records again (one run:
+  170 bars repeated over 564; 561 signals and 561 order requests repeated over 152 each).
+  Same content, same final values, but extra ClickHouse rows, and a repeated order request
+  gets a second risk decision (rejected as a duplicate client order id).
+- the risk gate (exactly-once) repeats and loses nothing, but a request decided again after
+  a kill sees the shared Redis exposure book as the killed instance left it, with other
+  symbols' exposure from beyond the last commit: 12 of 152 decisions differed in
+  gross_leverage and buying_power (all still approved).
 """
 
 from __future__ import annotations
@@ -471,6 +492,14 @@ def stage_ends(run: Run, records: dict[str, list[Msg]], stage: str) -> dict[str,
     return {run.topic(t): data_ends(records.get(t) or []) for t in STAGE_IO[stage][0]}
 
 
+def copied_ends(
+    run: Run, records: dict[str, list[Msg]], topics: list[str]
+) -> dict[str, dict[int, int]]:
+    """The ends of topics copied into a fresh namespace: their records are at offsets 0..n-1
+    there (no transaction markers, unlike the clean run's outputs of exactly-once stages)."""
+    return {run.topic(t): dict(Counter(m.partition for m in records.get(t) or [])) for t in topics}
+
+
 @pytest.fixture(scope="module")
 def clean(
     kafka_bootstrap: str,
@@ -769,7 +798,7 @@ def test_stage_killed_20_times_gives_the_clean_runs_outputs(
     stage: str, clean: CleanRun, kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:
     run = chaos_run(clean, stage, kafka_bootstrap, redis_url, tmp_path, "chaos")
-    ends = stage_ends(run, clean.records, stage)
+    ends = copied_ends(run, clean.records, list(STAGE_IO[stage][0]))
     stats = kill_loop(run, stage, ends, random.Random(f"{SEED}-{stage}"))
     diffs = compare(clean, run, stage)
     _report(stage, stats, diffs)
@@ -783,7 +812,7 @@ def test_execution_killed_20_times_submits_each_order_once(
 ) -> None:
     stage = "execution"
     run = chaos_run(clean, stage, kafka_bootstrap, redis_url, tmp_path, "chaos")
-    ends = stage_ends(run, clean.records, stage)
+    ends = copied_ends(run, clean.records, list(STAGE_IO[stage][0]))
     approved = set(FILL_PRICES)
     with AlpacaLoopback(shared_data) as venue, Filler(venue) as filler:
         run.env.update(venue.env())
@@ -843,7 +872,7 @@ def test_redis_restarted_mid_run_the_stage_goes_on_to_the_clean_runs_outputs(
     submission reservations): Redis is stopped while the stage is busy, stays down until the
     stage has met it down, and comes back empty (no persistence, as LocalRedis runs it)."""
     run = chaos_run(clean, stage, kafka_bootstrap, own_redis.url, tmp_path, "redis")
-    ends = stage_ends(run, clean.records, stage)
+    ends = copied_ends(run, clean.records, list(STAGE_IO[stage][0]))
     offsets = Offsets(run.settings)
     outputs = [run.topic(t) for t in STAGE_IO[stage][1]]
     approved = set(FILL_PRICES)
@@ -933,7 +962,7 @@ def test_clickhouse_server_cut_off_mid_run_the_sink_catches_up_without_loss(
     run = new_run(kafka_bootstrap, redis_url, tmp_path, "chdown")
     for logical in every:
         copy_topic(clean.records.get(logical) or [], run.settings, run.topic(logical))
-    ends = {run.topic(t): data_ends(clean.records.get(t) or []) for t in every}
+    ends = copied_ends(run, clean.records, every)
     total = sum(len(clean.records.get(t) or []) for t in every)
     store, port = tmp_path / "server-chdb", _free_port()
     server_log = tmp_path / "clickhouse-server.log"
