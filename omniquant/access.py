@@ -16,6 +16,7 @@ component its own identity, and :func:`ensure_access` makes the SCRAM users and 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -142,6 +143,10 @@ def component_settings(settings: Settings, component: str) -> Settings:
     otherwise unchanged. ``component`` is a name of :data:`COMPONENTS` or ``admin``."""
     if not local_secure(settings) or settings.kafka.sasl_username:
         return settings
+    return _as_component(settings, component)
+
+
+def _as_component(settings: Settings, component: str) -> Settings:
     if component not in COMPONENTS and component not in SUPER_USERS:
         raise ConfigError(f"no Kafka principal for {component!r}; known: {', '.join(COMPONENTS)}")
     stack_secrets = StackSecrets(settings.state_dir)
@@ -170,11 +175,31 @@ def ensure_access(settings: Settings, timeout: float = 30.0) -> tuple[int, int]:
     if not local_secure(settings):
         return (0, 0)
     stack_secrets = StackSecrets(settings.state_dir)
-    admin = AdminClient(dict(component_settings(settings, ADMIN).kafka_client_config()))
+    admin = AdminClient(dict(_as_component(settings, ADMIN).kafka_client_config()))
     created = _ensure_users(admin, stack_secrets, COMPONENTS, timeout)
     bindings = acl_bindings(settings.topic_prefix)
     _wait_all(admin.create_acls(bindings, request_timeout=timeout), "create ACLs", timeout)
+    _wait_effective(settings, admin, timeout)
     return (created, len(bindings))
+
+
+def _wait_effective(settings: Settings, admin: AdminClient, timeout: float) -> None:
+    """Until each principal sees the existing topics it was granted: brokers apply new ACLs
+    from the metadata log a moment after they are created, and a component started in that
+    moment would find its topics "missing"."""
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted: dict[str, set[str]] = {}
+    for grant in grants(settings.topic_prefix):
+        literal = grant.resource == ResourceType.TOPIC and grant.pattern == _LITERAL
+        if literal and grant.name in existing:
+            wanted.setdefault(grant.principal, set()).add(grant.name)
+    deadline = time.monotonic() + timeout
+    for principal, topics in wanted.items():
+        client = AdminClient(dict(_as_component(settings, principal).kafka_client_config()))
+        while not topics <= set(client.list_topics(timeout=timeout).topics):
+            if time.monotonic() > deadline:
+                raise StackError(f"the ACLs of {principal!r} did not take effect in {timeout} s")
+            time.sleep(0.1)
 
 
 def _ensure_users(

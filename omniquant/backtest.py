@@ -729,8 +729,13 @@ def backtest(
     elif not paths:
         raise typer.BadParameter("give files to replay, or --from-topics --start --end")
     try:
-        live = load_settings()
-        settings = load_settings(topic_prefix=backtest_namespace(rid))
+        from omniquant.access import component_settings
+        from omniquant.stack.shape import with_saved_shape
+
+        # as the operator on a secure local stack: a backtest's stages run in a namespace
+        # of their own, which the registry's ACLs do not name
+        live = component_settings(with_saved_shape(load_settings()), "admin")
+        settings = live.model_copy(update={"topic_prefix": backtest_namespace(rid)})
         if paths:
             open_files(paths)  # a missing or unsupported file fails before any broker call
         env = strategy_env(strategy, params, _BARS_MS[bar.value], qty, long_only, account)

@@ -595,7 +595,7 @@ def replay_command(
     dead letter was not delivered, 130 if interrupted.
     """
     from core.kafka import ensure_topics, wait_for_broker
-    from omniquant.access import component_settings
+    from omniquant.access import component_settings, ensure_access
     from producers.replay import open_files, parse_bound, parse_speed
     from producers.replay import replay as replay_files
 
@@ -622,6 +622,7 @@ def replay_command(
         open_files(paths)  # a missing or unsupported file fails here, before any broker call
         wait_for_broker(admin, timeout=30)
         ensure_topics(admin, topic_catalog())
+        ensure_access(admin)  # a secure stack: the namespace's ACLs (--topic-prefix: its own)
         stats = replay_files(
             paths, settings, speed=speed, from_ns=bounds[0], to_ns=bounds[1], progress=True
         )
