@@ -367,15 +367,21 @@ class Payload:
     kind: str  # "boundary" or "corrupt"
 
 
-def payloads(topic: str, serde: AvroSerde, rng: random.Random) -> list[Payload]:
-    """:data:`PAYLOADS_PER_TOPIC` payloads for logical ``topic``: boundary records, then
+def payloads(
+    topic: str,
+    serde: AvroSerde,
+    rng: random.Random,
+    total: int = PAYLOADS_PER_TOPIC,
+    boundary: int = BOUNDARY_PER_TOPIC,
+) -> list[Payload]:
+    """``total`` payloads for logical ``topic``: ``boundary`` boundary records, then
     corruptions of them."""
     model = MODEL_BY_AVRO_NAME[spec(topic).value_schema or ""]
     out: list[Payload] = []
     encoded: list[tuple[bytes, bytes]] = []
     records = boundary_records(model, DRAWN_PER_TOPIC)
     fields = list(model.model_fields)
-    while len(records) < BOUNDARY_PER_TOPIC:  # field-wise crossover of the drawn records
+    while len(records) < boundary:  # field-wise crossover of the drawn records
         records.append({f: rng.choice(records[:DRAWN_PER_TOPIC])[f] for f in fields})
     for record in records:
         value = serde.encode_dict(model, record)
@@ -385,7 +391,7 @@ def payloads(topic: str, serde: AvroSerde, rng: random.Random) -> list[Payload]:
         encoded.append((key, value))
         out.append(Payload(key, value, "boundary"))
     header = encoded[0][1][:10]
-    while len(out) < PAYLOADS_PER_TOPIC:
+    while len(out) < total:
         key, value = rng.choice(encoded)
         out.append(Payload(key, corrupt(value, rng, header), "corrupt"))
     return out
@@ -709,6 +715,72 @@ def check_decisions(bootstrap: str, names: TopicNames, serde: AvroSerde) -> list
             f" {sum(1 for n in decided.values() if n > 1)} decided more than once"
         )
     return problems
+
+
+#: payloads per input topic in the sink's own run (it reads every record topic)
+SINK_PAYLOADS_PER_TOPIC = 500
+
+
+def test_the_clickhouse_sink_dead_letters_fuzzed_records_and_keeps_running(
+    kafka_bootstrap: str, redis_url: str, tmp_path: Path
+) -> None:
+    """The sink alone, on the same kinds of payloads (fewer: one process, every topic):
+    alive at lag 0, exactly the undecodable records in dlq.sink-clickhouse."""
+    settings_, env = stage_namespace(kafka_bootstrap, redis_url, tmp_path / "state", "fzs")
+    env["OMNIQUANT_CLICKHOUSE__CHDB_PATH"] = str(tmp_path / "chdb")
+    names = TopicNames(settings_.topic_prefix)
+    serde = AvroSerde()
+    name = "sink-clickhouse"
+    started = time.monotonic()
+    running = start_stages((name,), env, tmp_path)
+    probe = LagProbe(settings_)
+    rng = random.Random(SEED + 1)
+    generated = {
+        topic: payloads(topic, serde, rng, SINK_PAYLOADS_PER_TOPIC, SINK_PAYLOADS_PER_TOPIC // 2)
+        for topic in DECODERS
+    }
+    proc, log = running.procs[name], running.logs[name]
+    try:
+        wait_for(lambda: scrape(running.ports[name], timeout=1), 120, "the sink's metrics")
+        for topic, items in generated.items():
+            produce_all(kafka_bootstrap, names.name(topic), items, topic)
+        group = stage(name).consumer_group(settings_.topic_prefix)
+        assert group is not None
+        topics = stage(name).input_topics(names)
+
+        def drained() -> bool:
+            assert proc.poll() is None, f"{name} died:\n{tail(log)}"
+            return probe.lag(group, topics) == 0
+
+        print(f"\n[fuzz] sink: started and produced in {time.monotonic() - started:.1f} s")
+        wait_for(drained, 180, "the sink's lag to reach 0", every=1.0)
+        print(f"[fuzz] sink: drained at {time.monotonic() - started:.1f} s")
+        assert proc.poll() is None, f"{name} died:\n{tail(log)}"
+        figures = dead_letter_figures(running.ports[name])
+    finally:
+        probe.close()
+        codes = stop_stages(running)
+    bad: set[tuple[str, int, int]] = set()
+    for topic in DECODERS:
+        model = MODEL_BY_AVRO_NAME[spec(topic).value_schema or ""]
+        for msg in read_whole(kafka_bootstrap, names.name(topic)):
+            if not decodable(serde, model, msg.value()):
+                bad.add((topic, msg.partition(), msg.offset()))
+    got: Counter[tuple[str, int, int]] = Counter()
+    processing: Counter[str] = Counter()
+    for msg in read_whole(kafka_bootstrap, names.dead_letter(name)):
+        headers = {k: v.decode(errors="replace") for k, v in msg.headers() or []}
+        if headers["dlq.stage"] != "deserialize":
+            processing[headers["dlq.error.class"]] += 1
+            continue
+        logical = headers["dlq.original.topic"].removeprefix(names.prefix)
+        at = (int(headers["dlq.original.partition"]), int(headers["dlq.original.offset"]))
+        got[(logical, *at)] += 1
+    print(f"[fuzz] sink: {len(bad)} undecodable, {sum(got.values())} dead-lettered, {processing}")
+    assert set(got) == bad and all(n == 1 for n in got.values())
+    assert not processing, processing
+    assert sum(figures.values()) == len(bad)
+    assert codes[name] == 0, tail(log)
 
 
 # ---- regressions of what the fuzz found (fast: no broker) ---------------------------------
