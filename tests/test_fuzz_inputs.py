@@ -27,8 +27,10 @@ Then, exactly:
 * every decodable fuzzed order request got exactly one risk decision, each with a reason
   (the count of approvals with a pre-epoch event time is printed).
 
-Not covered here: the ClickHouse sink (it reads every record topic; running it in this
-test would not fit the CI budget), and record keys (all keys are valid UTF-8).
+The ClickHouse sink reads every record topic; it is fuzzed on its own, with
+:data:`SINK_PAYLOADS_PER_TOPIC` payloads per input topic (running it in the pipeline test
+would not fit the CI budget). Not covered: record keys (all keys are valid UTF-8), and
+what the sink wrote to its tables.
 """
 
 from __future__ import annotations
@@ -87,7 +89,10 @@ PAYLOADS_PER_TOPIC = 10_000
 BOUNDARY_PER_TOPIC = 7_000
 #: ... of which hypothesis draws this many; the others cross their fields over (seeded):
 #: drawing all of them would take a minute of the CI budget
-DRAWN_PER_TOPIC = 200
+DRAWN_PER_TOPIC = 150
+
+#: how long the stages may take to consume everything (lag 0 in every group)
+DRAIN_TIMEOUT_S = 420.0
 
 #: the stages of the pipeline run (the sink is fuzzed on its own, see the module docstring)
 STAGES = ("bars", "signals", "risk-gate", "execution", "portfolio", "risk-metrics")
@@ -452,14 +457,21 @@ def read_whole(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Any]
         consumer.close()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
+def wait_for(
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    every: float = 0.5,
+    state: Callable[[], object] | None = None,
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    seen = f" (last seen: {state()})" if state is not None else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
 
 
 @dataclass
@@ -593,12 +605,23 @@ def test_fuzzed_inputs_are_dead_lettered_or_rejected_and_no_stage_crashes(
         print(f"[fuzz] produced in {time.monotonic() - t0:.1f} s")
         t0 = time.monotonic()
 
+        lags: dict[str, int] = {}
+
         def drained() -> bool:
             for name, proc in running.procs.items():
                 assert proc.poll() is None, f"{name} died:\n{tail(running.logs[name])}"
-            return not any(group_lags(probe, settings_, names).values())
+            lags.update(group_lags(probe, settings_, names))
+            return not any(lags.values())
 
-        wait_for(drained, 180, "every consumer group's lag to reach 0", every=1.0)
+        # ~100 s on the 2-core box under other suites' load; the bound is for a box
+        # loaded far more (dead letters are flushed one by one)
+        wait_for(
+            drained,
+            DRAIN_TIMEOUT_S,
+            "every consumer group's lag to reach 0",
+            every=1.0,
+            state=lambda: dict(lags),
+        )
         print(f"[fuzz] drained in {time.monotonic() - t0:.1f} s")
         for name, proc in running.procs.items():
             assert proc.poll() is None, f"{name} died:\n{tail(running.logs[name])}"
@@ -718,7 +741,7 @@ def check_decisions(bootstrap: str, names: TopicNames, serde: AvroSerde) -> list
 
 
 #: payloads per input topic in the sink's own run (it reads every record topic)
-SINK_PAYLOADS_PER_TOPIC = 500
+SINK_PAYLOADS_PER_TOPIC = 300
 
 
 def test_the_clickhouse_sink_dead_letters_fuzzed_records_and_keeps_running(
