@@ -50,6 +50,14 @@ a run shows them; they pass once fixed):
   a kill sees the shared Redis exposure book as the killed instance left it, with other
   symbols' exposure from beyond the last commit: 12 of 152 decisions differed in
   gross_leverage and buying_power (all still approved).
+- portfolio: besides repeats (522 positions, 573 snapshots), 82 account snapshots the clean
+  run never published (final positions and PnL per key equal); risk-metrics: 3600 metrics
+  repeated over 191.
+- execution: no order submitted twice, fills exact, but 50 of 130 execution reports differ
+  in content (not looked into yet; last report per order equal).
+- Redis: execution exits on the refused connection (redis.exceptions.ConnectionError)
+  instead of riding out the outage; the gate decides differently while Redis is down (one
+  run: 118 of 152 decisions, 38 of 65 approvals gone).
 """
 
 from __future__ import annotations
@@ -762,6 +770,13 @@ def known_gaps(
             f"{sorted(BOOK_CHECKS)} only: the Redis exposure book keeps what killed instances "
             "wrote past the last commit (other symbols' exposure ahead of the replayed order)"
         )
+    if stage == "portfolio" and any(d.different for d in diffs.values()):
+        # one run: 82 account snapshots the clean run never had, final values equal
+        assert all(not d.missing and d.last_equal for d in diffs.values()), diffs
+        pytest.xfail(
+            f"known bug: after {stats.kills} SIGKILLs portfolio publishes account snapshots "
+            f"the clean run never had (final values equal): {diffs}"
+        )
     if stage in AT_LEAST_ONCE:
         for logical, diff in diffs.items():
             assert diff.same_records, f"{stage} → {logical}: {diff!r}"
@@ -840,6 +855,13 @@ def test_execution_killed_20_times_submits_each_order_once(
     assert duplicates == {}
     assert set(submissions) == approved
     assert stats.kills >= KILLS
+    assert counts["fills"].exact, counts["fills"]
+    reports = counts["execution.reports"]
+    # one run: 50 of 130 reports differed in content (not yet looked into), none repeated,
+    # none lost, the last report of every order the clean run's
+    assert reports.repeats == 0 and reports.last_equal, reports
+    if not reports.exact:
+        pytest.xfail(f"execution reports differ from the clean run's: {reports!r}")
 
 
 @pytest.fixture
@@ -930,6 +952,9 @@ def test_redis_restarted_mid_run_the_stage_goes_on_to_the_clean_runs_outputs(
     )
     if stage == "execution":
         assert submissions == dict.fromkeys(approved, 1)
+    if stage == "risk-gate" and not all(d.exact for d in diffs.values()):
+        # one run, Redis down 20 s: 118 of 152 decisions differed, 38 of 65 approvals gone
+        pytest.xfail(f"the gate decides differently while Redis is down: {diffs}")
     assert_exact(stage, diffs)
 
 
