@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.secure, pytest.mark.timeout(9
 
 PREFIX = "sec."
 REPLAY_PREFIX = "secreplay."
-FEED_TICKS = 3000  # at 100/s: 30 s of 1 s bars, enough for SMA 5/20 crossovers (orders)
+FEED_TICKS = 3000
 IBM_TRADES = "Lean/Data/equity/usa/tick/ibm/20131007_trade.zip"
 # the first 20 minutes of the session, 09:30-09:50 New York
 REPLAY_FROM, REPLAY_TO = "2013-10-07T13:30:00Z", "2013-10-07T13:50:00Z"
@@ -182,15 +182,22 @@ def secured_run(
         "--topic-prefix", REPLAY_PREFIX,
     )  # fmt: skip
     assert replay.returncode == 0, replay.stdout + replay.stderr
-    # risk observations every 100 ms of event time: VaR within the run (pipeline_store's)
+    # tests/pipeline_store.py's tuning: 20 ms bars and risk observations, so a few
+    # thousand ticks give many orders, fills and VaR however late the stages start
     tuned = {
         **secure_stack.env,
-        "OMNIQUANT_RISK_METRICS__CADENCE_MS": "100",
+        "OMNIQUANT_STRATEGY__BAR_INTERVAL_MS": "20",
+        "OMNIQUANT_STRATEGY__FAST_WINDOW": "3",
+        "OMNIQUANT_STRATEGY__SLOW_WINDOW": "8",
+        "OMNIQUANT_BARS__INTERVALS_MS": "[20, 1000]",
+        "OMNIQUANT_RISK_METRICS__CADENCE_MS": "20",
+        "OMNIQUANT_RISK_METRICS__WINDOW": "100",
         "OMNIQUANT_RISK_METRICS__MIN_RETURNS": "10",
+        "OMNIQUANT_LAG__POLL_INTERVAL_S": "1",
     }
     run = omniquant(
         tuned,
-        "run", "--no-live", "--ticks", str(FEED_TICKS), "--rate", "100", "--duration", "150",
+        "run", "--no-live", "--ticks", str(FEED_TICKS), "--rate", "200", "--duration", "150",
         timeout=400,
     )  # fmt: skip
     return replay, run
