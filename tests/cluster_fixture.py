@@ -6,7 +6,8 @@ ports, the topic catalog created on it (3 replicas, 2 in sync required). Three J
 wait until it is back in every ISR (:func:`wait_full_isr`) before it ends, so the next test
 finds the cluster whole.
 
-Use it like the other helpers here: ``from cluster_fixture import cluster  # noqa: F401``.
+tests/conftest.py imports ``cluster``, so every module shares the one instance; modules
+import only the helpers (``wait_full_isr``).
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ from uuid import uuid4
 
 import pytest
 
+# The 3-node cluster is session-scoped: defined here, not imported by each test module, so
+# the whole session shares one cluster (a fixture imported into two modules is two fixtures).
+from cluster_fixture import cluster  # noqa: F401
+
 from core.config import Settings, load_settings, mask_url
 from omniquant.stack.kafka import LocalKafka
 from omniquant.stack.redis import LocalRedis

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from cluster_fixture import cluster  # noqa: F401
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -61,7 +60,7 @@ def _isr_sizes(admin: AdminClient) -> list[int]:
 
 @pytest.mark.timeout(600)
 def test_a_killed_broker_loses_nothing_and_rejoins(
-    cluster: LocalKafkaCluster,  # noqa: F811
+    cluster: LocalKafkaCluster,
 ) -> None:
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
     meta = admin.list_topics(timeout=15)
@@ -90,7 +89,7 @@ def test_a_killed_broker_loses_nothing_and_rejoins(
 
 @pytest.mark.timeout(600)
 def test_killing_the_active_controller_elects_another_and_writes_go_on(
-    cluster: LocalKafkaCluster,  # noqa: F811
+    cluster: LocalKafkaCluster,
 ) -> None:
     admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
     deadline = time.monotonic() + 120  # the previous test's broker may still be catching up
