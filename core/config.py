@@ -95,7 +95,13 @@ class KafkaSettings(_Section):
         default=None, description="user:password for the Schema Registry."
     )
     partitions: int = Field(default=3, ge=1, le=1000, description="partitions per topic")
-    replication_factor: int = Field(default=1, ge=1, le=7)
+    replication_factor: int = Field(
+        default=1,
+        ge=1,
+        le=7,
+        description="replicas of a topic we create; unset: 3 on a local cluster of 3 nodes, "
+        "1 on one, the cluster's default.replication.factor on KAFKA_BOOTSTRAP_SERVERS",
+    )
     retention_bytes: int = Field(
         default=1 << 30,
         ge=-1,
@@ -741,11 +747,15 @@ class Settings(BaseSettings):
             for i in range(stack.kafka_brokers)
         ]
 
-    def topic_replication_factor(self) -> int:
-        """Replicas of a new topic: ``KAFKA__REPLICATION_FACTOR`` when set, else 3 on a
-        local cluster of 3 or more nodes (its brokers require 2 in sync), else 1."""
-        if "replication_factor" in self.kafka.model_fields_set or not self.uses_local_kafka:
+    def topic_replication_factor(self) -> int | None:
+        """Replicas of a new topic: ``KAFKA__REPLICATION_FACTOR`` when set; else 3 on a
+        local cluster of 3 or more nodes (its brokers require 2 in sync), 1 on one node;
+        else (``KAFKA_BOOTSTRAP_SERVERS``) None: the cluster's own
+        ``default.replication.factor``, which its operators chose for its size."""
+        if "replication_factor" in self.kafka.model_fields_set:
             return self.kafka.replication_factor
+        if not self.uses_local_kafka:
+            return None
         return min(self.stack.kafka_brokers, 3)
 
     def redis_url(self) -> str:

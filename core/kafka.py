@@ -143,11 +143,12 @@ def ensure_topics(settings: Settings, catalog: TopicCatalog, timeout: float = 30
         wanted.append((name, item, partitions))
     if not wanted:
         return []
+    replicas = settings.topic_replication_factor()
     new = [
         NewTopic(
             name,
             num_partitions=partitions,
-            replication_factor=settings.topic_replication_factor(),
+            replication_factor=-1 if replicas is None else replicas,  # -1: broker default
             config=item.broker_config(settings.kafka.retention_bytes),
         )
         for name, item, partitions in wanted

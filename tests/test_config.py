@@ -155,3 +155,8 @@ def test_a_local_cluster_lists_every_node_and_replicates_topics_three_ways() -> 
     assert three.topic_replication_factor() == 3
     explicit = load_settings(stack={"kafka_brokers": 3}, kafka={"replication_factor": 2})
     assert explicit.topic_replication_factor() == 2
+    # someone else's cluster: its own default.replication.factor, not a fixed 1
+    external = load_settings(kafka={"bootstrap_servers": "10.0.0.1:9092"})
+    assert external.topic_replication_factor() is None
+    pinned = load_settings(kafka={"bootstrap_servers": "10.0.0.1:9092", "replication_factor": 3})
+    assert pinned.topic_replication_factor() == 3
