@@ -154,7 +154,10 @@ class LagCollector:
             )
             for tp, future in futures.items():
                 try:
-                    out[(tp.topic, tp.partition)] = future.result().offset
+                    offset = future.result().offset
+                    # -1001 (no offset): the partition's leader is moving, e.g. a broker was
+                    # just killed; unknown this poll, asked again on the next
+                    out[(tp.topic, tp.partition)] = offset if offset >= 0 else None
                 except KafkaException as exc:
                     err = exc.args[0]
                     gone = isinstance(err, KafkaError) and err.code() in (
