@@ -181,6 +181,69 @@ class AppHealth:
         return True, f"{max(lag, 0.0):.1f} s behind the wall clock"
 
 
+# Commit answers that mean "the group's coordinator is moving" (its broker died, another
+# is taking over): the same offsets are committed again, which is idempotent.
+_COMMIT_RETRIABLE = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._WAIT_COORD,
+        KafkaError._TRANSPORT,
+    }
+)
+COMMIT_FAILOVER_S = 60.0  # well inside max.poll.interval.ms (300 s): the group keeps us
+
+
+def _commit_retriable(error: Any) -> bool:
+    return isinstance(error, KafkaError) and (
+        error.code() in _COMMIT_RETRIABLE or error.retriable()
+    )
+
+
+def commit_through_failover(
+    commit: Callable[..., list[TopicPartition] | None],
+    timeout_s: float = COMMIT_FAILOVER_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Callable[..., list[TopicPartition] | None]:
+    """Wrap a consumer's ``commit`` so a synchronous commit rides out a coordinator
+    failover instead of failing the checkpoint (Quix raises on the first NOT_COORDINATOR,
+    and a restarted at-least-once stage would redo everything since its last commit)."""
+
+    def commit_retrying(
+        message: Any = None,
+        offsets: list[TopicPartition] | None = None,
+        asynchronous: bool = True,
+    ) -> list[TopicPartition] | None:
+        if asynchronous:
+            return commit(message=message, offsets=offsets, asynchronous=True)
+        deadline = time.monotonic() + timeout_s
+        delay = 0.1
+        while True:
+            try:
+                result = commit(message=message, offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                if not _commit_retriable(exc.args[0]) or time.monotonic() > deadline:
+                    raise
+                reason = str(exc.args[0])
+            else:
+                failed = [p.error for p in result or [] if p.error is not None]
+                if (
+                    not failed
+                    or not all(_commit_retriable(e) for e in failed)
+                    or time.monotonic() > deadline
+                ):
+                    return result
+                reason = str(failed[0])
+            log.warning("offset commit failed (%s); committing again in %.1f s", reason, delay)
+            sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    return commit_retrying
+
+
 class _ObservedApplication(Application):
     """Quix's Application reporting its loop and its partitions to an :class:`AppHealth`.
 
@@ -618,6 +681,8 @@ class StreamApp:
             broker_availability_timeout=30.0,
         )
         self.app.health = self.health
+        consumer = self.app._consumer
+        consumer.commit = commit_through_failover(consumer.commit)  # type: ignore[method-assign]
         self.health.register()  # unready until it runs and is assigned partitions
 
     @property
