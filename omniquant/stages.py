@@ -123,6 +123,9 @@ class StageSpec:
     also_reads: tuple[str, ...] = ()
     # those readers' throwaway group names: ``<prefix><name>-<random>``
     reader_groups: tuple[str, ...] = ()
+    # holds nothing of record (a monitor): when it dies the supervisor starts it again
+    # instead of stopping the run (see Supervisor.RESTARTS_PER_WINDOW)
+    restart_on_failure: bool = False
 
     @property
     def is_source(self) -> bool:
@@ -270,6 +273,9 @@ STAGES: tuple[StageSpec, ...] = (
         inputs=(),
         outputs=("monitoring.consumer_lag",),
         dead_letter=None,
+        # librdkafka can abort in the admin API's offset requests when a group coordinator
+        # dies mid-request (confluentinc/librdkafka#4605): a monitor must not stop trading
+        restart_on_failure=True,
         figures=(
             LiveFigure("partitions", metrics.CONSUMERGROUP_LAG, count=True),
             LiveFigure("lag", metrics.CONSUMERGROUP_LAG),

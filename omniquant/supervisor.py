@@ -60,6 +60,7 @@ class Stage:
     peak_out: float = 0.0
     lag: int | None = None
     produced_override: float | None = None  # exact count for a source, set at its stop
+    restarted_at: list[float] = field(default_factory=list)  # monotonic times, this run
     _last: tuple[float, float, float] | None = None  # (time, in, out)
 
     @property
@@ -376,6 +377,15 @@ class Supervisor:
                     self._print(f"{stage.name} finished its ticks")
                     stage.stopping = True
                     return self._shutdown("feed finished")
+                if self._may_restart(stage, now):
+                    self._print(
+                        f"WARNING: stage '{stage.name}' exited with code {code}; starting it "
+                        f"again (restart {len(stage.restarted_at)} in "
+                        f"{self.RESTART_WINDOW_S:.0f} s); log: {stage.log_path}"
+                    )
+                    self._print_log_tail(stage, lines=5)
+                    self._spawn(stage)
+                    continue
                 self.outcome = f"stage {stage.name} exited with code {code}"
                 self._print(
                     f"ERROR: stage '{stage.name}' exited with code {code}; log: {stage.log_path}"
@@ -424,6 +434,19 @@ class Supervisor:
             waiting = [s for s in waiting if s.exit_code is None and not scrape(s.metrics_port)]
             if waiting:
                 time.sleep(0.2)
+
+    # a stage that holds nothing of record is started again at most this often
+    RESTARTS_PER_WINDOW = 5
+    RESTART_WINDOW_S = 600.0
+
+    def _may_restart(self, stage: Stage, now: float) -> bool:
+        if not stage.spec.restart_on_failure or self._interrupted:
+            return False
+        stage.restarted_at = [t for t in stage.restarted_at if now - t < self.RESTART_WINDOW_S]
+        if len(stage.restarted_at) >= self.RESTARTS_PER_WINDOW:
+            return False  # dying over and over: a real fault, stop and say so
+        stage.restarted_at.append(now)
+        return True
 
     def _print_log_tail(self, stage: Stage, lines: int = 15) -> None:
         if stage.log_path and stage.log_path.exists():

@@ -136,21 +136,15 @@ def test_a_stage_that_dies_is_reported_with_its_exit_code(
     try:
         _wait_for_line(proc, "risk-gate", 120, seen)
         _wait_for_line(proc, "logs:", 60, seen)
-        # Find the risk-gate child and kill it as an OOM killer would.
-        deadline = time.monotonic() + 60
-        victim = None
-        while victim is None and time.monotonic() < deadline:
-            out = subprocess.run(
-                ["pgrep", "-f", "omniquant.cli stage risk-gate"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.split()
-            mine = [int(p) for p in out if _is_child_of(int(p), proc.pid)]
-            victim = mine[0] if mine else None
-            time.sleep(0.2)
-        assert victim is not None, "risk-gate stage not found"
-        os.kill(victim, signal.SIGKILL)
+        # The lag monitor holds nothing of record: killed (as librdkafka's abort would,
+        # librdkafka#4605), it is started again and the run goes on.
+        monitor = _child_stage(proc.pid, "lag-monitor")
+        os.kill(monitor, signal.SIGABRT)
+        _wait_for_line(proc, "stage 'lag-monitor' exited with code -6; starting it again", 30, seen)
+        again = _child_stage(proc.pid, "lag-monitor")
+        assert again != monitor and proc.poll() is None
+        # A stage of record killed as an OOM killer would: the run stops and says which.
+        os.kill(_child_stage(proc.pid, "risk-gate"), signal.SIGKILL)
         code = proc.wait(timeout=60)
         output = "".join(seen) + (proc.stdout.read() if proc.stdout else "")
     finally:
@@ -158,6 +152,23 @@ def test_a_stage_that_dies_is_reported_with_its_exit_code(
             proc.kill()
     assert code == 1, output[-3000:]
     assert "stage 'risk-gate' exited with code -9" in output
+
+
+def _child_stage(parent: int, stage: str, timeout: float = 60.0) -> int:
+    """The pid of the supervisor's live child process running ``stage``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["pgrep", "-f", f"omniquant.cli stage {stage}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        mine = [int(p) for p in out if _is_child_of(int(p), parent)]
+        if mine:
+            return mine[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no {stage} stage under the supervisor")
 
 
 def _is_child_of(pid: int, parent: int) -> bool:
