@@ -14,13 +14,16 @@ metrics, the ClickHouse sink and the lag monitor, with their default settings. A
 Every ``--interval`` seconds one row: elapsed time, trades on the topic so far and the rate
 over the last interval, each consumer stage's group lag (records; core.kafka.LagProbe, as the
 live view shows it), each stage's RSS (VmRSS of its process and its children, from /proc)
-and the total. At the end a verdict, over the samples of the feed's running time:
+and the total; each stage's CPU seconds (utime + stime from /proc). At the end a verdict,
+over the samples of the feed's running time:
 
 * lag: the least-squares slope of the total lag over the second half (records/s) and the
   growth it amounts to over that half; "flat" when that growth is below
   max(1,000 records, 0.5 s of the target rate), else "growing";
 * RSS: per stage and total, the mean of the second half against the first half; "flat" when
   the total grew by less than 10 %, else "growing";
+* CPU: the cores each stage kept busy and its CPU microseconds per trade fed, and how busy
+  the whole machine was (/proc/stat): where the cores go when the lag grows;
 * rate: the achieved feed rate (trades added to the topic between the first and the last
   sample, per second) against the target, as a ratio; below 0.95 the output says the
   pipeline's feed did not sustain the target here.
@@ -88,6 +91,28 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants so far (0 once gone)."""
+    total = 0
+    for p in (pid, *_children(pid)):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / _TICK
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values) - idle) / _TICK, sum(values) / _TICK
+
+
 def slope(xs: list[float], ys: list[float]) -> float:
     """Least-squares slope of ys over xs (0 with fewer than two points)."""
     n = len(xs)
@@ -111,6 +136,8 @@ class Sample:
     rate: float
     lag: dict[str, int | None]
     rss: dict[str, float]
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds so far, per stage
+    machine: tuple[float, float] = (0.0, 0.0)  # (busy, total) CPU seconds of the machine
 
 
 @dataclass
@@ -158,7 +185,12 @@ class Soak:
             for s in self.stages
             if s.process is not None and s.process.poll() is None
         }
-        self.samples.append(Sample(elapsed, trades, rate, lag, rss))
+        cpu = {
+            s.name: cpu_s(s.process.pid)
+            for s in self.stages
+            if s.process is not None and s.process.poll() is None
+        }
+        self.samples.append(Sample(elapsed, trades, rate, lag, rss, cpu, machine_busy_s()))
         cells = [f"{elapsed:10.0f}", f"{trades:10,}", f"{rate:10,.0f}"]
         cells += ["         -" if v is None else f"{v:10,}" for v in lag.values()]
         cells += [f"{rss.get(s.name, 0.0):10.0f}" for s in self.stages]
@@ -190,7 +222,18 @@ def verdict(soak: Soak, target: float, running_s: float, total_trades: int) -> d
     # count also holds what the feed sent while the other stages were still starting)
     dt = samples[-1].elapsed - samples[0].elapsed
     achieved = (samples[-1].trades - samples[0].trades) / dt if dt > 0 else 0.0
+    # CPU between the first and last sample: cores each stage kept busy, and per trade
+    fed = samples[-1].trades - samples[0].trades
+    cpu_cores = {
+        name: (samples[-1].cpu.get(name, 0.0) - samples[0].cpu.get(name, 0.0)) / dt
+        for name in samples[-1].cpu
+    } if dt > 0 else {}  # fmt: skip
+    busy = samples[-1].machine[0] - samples[0].machine[0]
+    total = samples[-1].machine[1] - samples[0].machine[1]
     return {
+        "cpu_cores_per_stage": cpu_cores,
+        "cpu_us_per_trade": {n: c * dt / fed * 1e6 for n, c in cpu_cores.items()} if fed else {},
+        "machine_busy": busy / total if total else float("nan"),
         "samples": len(samples),
         "lag_slope_per_s": lag_slope,
         "lag_growth_second_half": lag_growth,
@@ -295,6 +338,13 @@ def main() -> int:
             a, b = v["rss_first_half_mb"][name], v["rss_second_half_mb"][name]
             growth = f"{b / a - 1:+.1%}" if a else "n/a"
             say(f"      {name:<16} {a:7.0f} → {b:7.0f} MB  {growth}")
+        say(
+            f"  CPU: the machine {v['machine_busy']:.0%} busy ({os.cpu_count()} CPUs); "
+            f"the stages {sum(v['cpu_cores_per_stage'].values()):.2f} cores in all:"
+        )
+        for name, cores in sorted(v["cpu_cores_per_stage"].items(), key=lambda kv: -kv[1]):
+            per = v["cpu_us_per_trade"].get(name, float("nan"))
+            say(f"      {name:<16} {cores:5.2f} cores  {per:8,.0f} µs per trade fed")
         say(
             f"  rate: achieved {v['achieved_rate']:,.0f} trades/s against a target of "
             f"{args.rate:,.0f}: ratio {v['rate_ratio']:.2f} (between the first and last "
