@@ -530,6 +530,25 @@ class StrategySettings(_Section):
         return defaults
 
 
+class StreamSettings(_Section):
+    """What every stateful stream stage (bars, signals, portfolio, risk metrics) shares; the
+    risk gate, execution and the sink have their own."""
+
+    exactly_once: bool = Field(
+        default=True,
+        description="outputs, state changelogs and input offsets commit in one Kafka "
+        "transaction: a stage killed mid-way repeats nothing downstream (off: at least once, "
+        "outputs seen before their commit, repeated after a crash)",
+    )
+    commit_interval_ms: int = Field(
+        default=250,
+        ge=1,
+        le=60_000,
+        description="how often a stage commits; exactly once, its outputs become visible "
+        "downstream then (the latency each stage adds)",
+    )
+
+
 class BarSettings(_Section):
     """The bars stage: event-time OHLCV bars per symbol on the bars topic."""
 
@@ -674,6 +693,7 @@ class Settings(BaseSettings):
     feeds: FeedCredentials = FeedCredentials()
     stack: StackSettings = StackSettings()
     strategy: StrategySettings = StrategySettings()
+    streams: StreamSettings = StreamSettings()
     bars: BarSettings = BarSettings()
     portfolio: PortfolioSettings = PortfolioSettings()
     risk_metrics: RiskMetricsSettings = RiskMetricsSettings()

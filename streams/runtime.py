@@ -14,11 +14,13 @@ An app built here
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
@@ -621,6 +623,22 @@ class _VisibleTopicManager(TopicManager):
                 time.sleep(0.1)
 
 
+def instance_id(app_state: Path) -> str:
+    """This instance's id, kept in its state directory: two live instances of an app never
+    share one (each holds its own RocksDB directory), a restart on the same one keeps it."""
+    path = app_state / "instance-id"
+    with contextlib.suppress(FileNotFoundError):
+        kept = path.read_text().strip()
+        if kept:
+            return kept
+    app_state.mkdir(parents=True, exist_ok=True)
+    new = uuid.uuid4().hex
+    scratch = path.with_name(f".instance-id.{new}")
+    scratch.write_text(new + "\n")
+    scratch.replace(path)  # atomic: a crash leaves the old file or the new, never half
+    return new
+
+
 class StreamApp:
     """An Application plus what our apps need around it (topics, serde, dead letters)."""
 
@@ -629,9 +647,9 @@ class StreamApp:
         settings: Settings,
         name: str,
         *,
-        commit_interval: float = 1.0,
+        commit_interval: float | None = None,
         commit_every: int = 0,
-        processing_guarantee: Literal["at-least-once", "exactly-once"] = "at-least-once",
+        processing_guarantee: Literal["at-least-once", "exactly-once"] | None = None,
         consumer_poll_timeout: float = 1.0,
         consumer_extra: dict[str, Any] | None = None,
     ) -> None:
@@ -647,11 +665,22 @@ class StreamApp:
         )
         producer_extra: dict[str, Any] = {"partitioner": PARTITIONER, "linger.ms": 5}
         admin_extra = dict(producer_extra)
+        # unless the stage sets its own: the stateful stages' shared settings
+        if processing_guarantee is None:
+            once = settings.streams.exactly_once
+            processing_guarantee = "exactly-once" if once else "at-least-once"
+        if commit_interval is None:
+            commit_interval = settings.streams.commit_interval_ms / 1000
+        self.processing_guarantee = processing_guarantee
+        app_state = settings.state_dir / "quix" / f"{settings.topic_prefix}{name}"
         if processing_guarantee == "exactly-once":
-            # Quix's default is a bare uuid; named after the group, a secure cluster can
-            # grant the app its transactional ids by prefix (KIP-447 fences by group
-            # generation, so the random part stays)
-            producer_extra["transactional.id"] = f"{self.consumer_group}-{uuid.uuid4().hex}"
+            # Named after the group, so a secure cluster can grant the app its transactional
+            # ids by prefix; stable per instance (as Kafka Streams keeps its process id in
+            # its state directory), so a restarted instance's init_transactions aborts the
+            # transaction its killed predecessor left open at once: with a fresh id each
+            # start (Quix's default) it stays open until transaction.timeout.ms, and
+            # read_committed readers downstream stop at it for up to a minute.
+            producer_extra["transactional.id"] = f"{self.consumer_group}-{instance_id(app_state)}"
         topic_manager = _VisibleTopicManager(
             topic_admin=TopicAdmin(broker_address=connection, extra_config=admin_extra),
             consumer_group=self.consumer_group,
@@ -671,7 +700,7 @@ class StreamApp:
             # Only Quix's own changelog topics are created here: the catalog topics are
             # checked to exist first (require_topics) so they keep their explicit configs.
             auto_create_topics=True,
-            state_dir=str(settings.state_dir / "quix" / f"{settings.topic_prefix}{name}"),
+            state_dir=str(app_state),
             on_consumer_error=self.dead_letters.on_consumer_error,
             on_processing_error=self.dead_letters.on_processing_error,
             on_message_processed=self.health.on_processed,

@@ -41,6 +41,8 @@ def build(settings: Settings, name: str) -> tuple[StreamApp, ClickHouseSink]:
         name,
         commit_interval=conf.flush_interval_s,
         commit_every=conf.batch_size,
+        # writes to ClickHouse, not Kafka: each row is stored once by its (partition, offset)
+        processing_guarantee="at-least-once",
         consumer_extra=extra,
     )
     with connect_clickhouse(settings, writer=True) as client:
