@@ -268,6 +268,7 @@ class LagProbe:
         self._settings = settings
         self._consumers: dict[str, Consumer] = {}
         self._peeker: Consumer | None = None
+        self._unstable: Consumer | None = None
 
     def _consumer(self, group: str) -> Consumer:
         consumer = self._consumers.get(group)
@@ -275,6 +276,14 @@ class LagProbe:
             consumer = Consumer(consumer_config(self._settings, group))
             self._consumers[group] = consumer
         return consumer
+
+    def _uncommitted(self) -> Consumer:
+        """A read_uncommitted probe: its high watermark counts open transactions."""
+        if self._unstable is None:
+            config = consumer_config(self._settings, f"lag-hw-{uuid.uuid4().hex[:8]}")
+            config["isolation.level"] = "read_uncommitted"
+            self._unstable = Consumer(config)
+        return self._unstable
 
     def lag(self, group: str, topics: Iterable[str], timeout: float = 2.0) -> int:
         """Lag of ``group`` over ``topics`` and over the repartition topics Quix made for the
@@ -301,6 +310,13 @@ class LagProbe:
                 )
                 committed = tp.offset if tp.offset >= 0 else low
                 behind = max(0, high - committed)
+                if tp.topic.startswith(internal):
+                    # an exactly-once stage's own re-keyed records in a transaction still
+                    # open are past the stable offset (``high``): behind until committed
+                    _, unstable = self._uncommitted().get_watermark_offsets(
+                        TopicPartition(tp.topic, tp.partition), timeout=timeout, cached=False
+                    )
+                    total += max(0, unstable - high)
                 if 0 < behind <= self.PEEK_RESIDUAL:
                     residual[(tp.topic, tp.partition)] = (committed, high)
                 else:
@@ -352,4 +368,6 @@ class LagProbe:
         self._consumers.clear()
         if self._peeker is not None:
             self._peeker.close()
+        if self._unstable is not None:
+            self._unstable.close()
             self._peeker = None
