@@ -38,21 +38,21 @@ over a chDB directory: no ClickHouse server package fit for this schema installs
 (Debian bookworm has clickhouse-server 18.16, from 2018) — SIGKILLed mid-run until the sink
 has backed off three times, then started again.
 
-What the kill loops found, and this file does not fix (the tests xfail with the figures, so
-a run shows them; they pass once fixed):
+What the kill loops found (where not fixed, the tests xfail with the figures, so a run
+shows them; they pass once fixed):
 
-- bars, signals, portfolio and risk-metrics commit at least once: every SIGKILL between a
-  produce and the next commit makes the next instance produce those records again (one run:
-  170 bars repeated over 564; 561 signals and 561 order requests repeated over 152 each).
-  Same content, same final values, but extra ClickHouse rows, and a repeated order request
-  gets a second risk decision (rejected as a duplicate client order id).
+- bars, signals, portfolio and risk-metrics committed at least once: every SIGKILL between a
+  produce and the next commit made the next instance produce those records again (one run:
+  170 bars repeated over 564; 561 signals and order requests over 152 each; portfolio 522
+  positions, 573 snapshots and 82 snapshots the clean run never had; 3600 risk metrics
+  over 191). Fixed: they run exactly once now (OMNIQUANT_STREAMS__EXACTLY_ONCE), with a
+  transactional id kept in each instance's state directory, so a restart aborts what its
+  killed predecessor left open instead of blocking read_committed readers for
+  transaction.timeout.ms; their kill loops pass.
 - the risk gate (exactly-once) repeats and loses nothing, but a request decided again after
   a kill sees the shared Redis exposure book as the killed instance left it, with other
   symbols' exposure from beyond the last commit: 12 of 152 decisions differed in
   gross_leverage and buying_power (all still approved).
-- portfolio: besides repeats (522 positions, 573 snapshots), 82 account snapshots the clean
-  run never published (final positions and PnL per key equal); risk-metrics: 3600 metrics
-  repeated over 191.
 - execution: no order submitted twice, fills exact, but 50 of 130 execution reports differ
   in content (not looked into yet; last report per order equal).
 - Redis: execution exits on the refused connection (redis.exceptions.ConnectionError)
@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from conftest import shared_file
 from loopback.alpaca import ORDER_PAYLOADS, STREAM_EXAMPLES, AlpacaLoopback
@@ -317,8 +317,13 @@ class Offsets:
     """Committed offsets of a group and the end of its input, from the admin API."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.admin = AdminClient(dict(settings.kafka_client_config()))
         self.probe = _consumer(settings)
+        self.uncommitted_probe = Consumer(
+            consumer_config(settings, f"chaos-reader-{uuid.uuid4().hex}",
+                            **{"isolation.level": "read_uncommitted"})
+        )  # fmt: skip
 
     def committed(self, group: str) -> dict[tuple[str, int], int]:
         from confluent_kafka import ConsumerGroupTopicPartitions
@@ -341,7 +346,34 @@ class Offsets:
         }
 
     def high(self, topic: str) -> dict[int, int]:
+        """The last stable offsets (read_committed): they stop at an open transaction."""
         return highs(self.probe, topic)
+
+    def high_uncommitted(self, topic: str) -> dict[int, int]:
+        return highs(self.uncommitted_probe, topic)
+
+    def record_after(self, topic: str, partition: int, offset: int, timeout: float = 5.0) -> bool:
+        """Whether a read_committed reader from ``offset`` gets a record before the end
+        (not if only transaction markers or aborted records are left)."""
+        reader = Consumer(
+            consumer_config(self.settings, f"chaos-peek-{uuid.uuid4().hex}",
+                            **{"enable.partition.eof": True})
+        )  # fmt: skip
+        try:
+            reader.assign([TopicPartition(topic, partition, offset)])
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                msg = reader.poll(0.1)
+                if msg is None:
+                    continue
+                error = msg.error()
+                if error is None:
+                    return True
+                if error.code() == KafkaError._PARTITION_EOF:
+                    return False
+            return True  # no answer: count it as behind, the caller asks again
+        finally:
+            reader.close()
 
     def total_high(self, topics: list[str]) -> int:
         return sum(sum(self.high(t).values()) for t in topics)
@@ -370,11 +402,42 @@ def drained(
             if committed.get((topic, p), 0) < end:
                 return False
     if internal:
-        for (topic, p), offset in committed.items():
-            internal_topic = topic not in ends and "repartition" in topic
-            if internal_topic and offset < offsets.high(topic).get(p, 0):
-                return False
+        own = offsets.probe.list_topics(timeout=10).topics
+        for topic in (t for t in own if t.startswith(f"repartition__{group}--")):
+            stable = offsets.high(topic)
+            uncommitted = offsets.high_uncommitted(topic)
+            for p, high in stable.items():
+                # an exactly-once stage's own repartition records in a transaction still
+                # open are beyond the stable offset: not drained until it commits them
+                if high < uncommitted.get(p, 0):
+                    return False
+                at = committed.get((topic, p), 0)
+                # past the commit: only transaction markers left, or a record still to read
+                if at < high and offsets.record_after(topic, p, at):
+                    return False
     return True
+
+
+def lagging(
+    offsets: Offsets, group: str, ends: dict[str, dict[int, int]]
+) -> dict[str, tuple[int, int]]:
+    """``topic[partition]`` → (committed, end) of each partition :func:`drained` waits on."""
+    committed = offsets.committed(group)
+    out = {}
+    for topic, per_partition in ends.items():
+        for p, end in per_partition.items():
+            if committed.get((topic, p), 0) < end:
+                out[f"{topic}[{p}]"] = (committed.get((topic, p), 0), end)
+    for topic in offsets.probe.list_topics(timeout=10).topics:
+        if topic.startswith(f"repartition__{group}--"):
+            uncommitted = offsets.high_uncommitted(topic)
+            for p, high in offsets.high(topic).items():
+                at = committed.get((topic, p), 0)
+                if high < uncommitted.get(p, 0) or (
+                    at < high and offsets.record_after(topic, p, at)
+                ):
+                    out[f"{topic}[{p}]"] = (at, high)
+    return out
 
 
 def wait_for(what: str, condition: Callable[[], bool], timeout: float, poll: float = 0.1) -> None:
@@ -485,7 +548,11 @@ def _run_to_end(
             return until() and all(drained(offsets, run.group(s), ends[s]) for s in stages)
 
         t0 = time.monotonic()
-        wait_for(f"{', '.join(stages)} to reach lag 0", done, timeout, poll=0.2)
+        try:
+            wait_for(f"{', '.join(stages)} to reach lag 0", done, timeout, poll=0.2)
+        except AssertionError as exc:
+            behind = {s: lagging(offsets, run.group(s), ends[s]) for s in stages}
+            raise AssertionError(f"{exc}; behind: {behind}") from None
         print(f"[chaos] {stages} drained after {time.monotonic() - t0:.1f} s")
     finally:
         t0 = time.monotonic()
@@ -751,16 +818,13 @@ def compare(
 
 # The gate's checks that read the account's other symbols from the shared Redis book.
 BOOK_CHECKS = frozenset({"gross_leverage", "buying_power", "concentration", "order_rate"})
-# Stages that commit at least once (Quix at-least-once): a record produced after the last
-# commit is produced again by the next instance.
-AT_LEAST_ONCE = {"bars", "signals", "portfolio", "risk-metrics"}
 
 
 def known_gaps(
     clean: CleanRun, run: Run, stage: str, diffs: dict[str, Diff], stats: KillStats
 ) -> None:
-    """xfail (with the figures) for the two gaps the kill loops found and this change does
-    not fix; anything else fails the test."""
+    """xfail (with the figures) for the gap the kill loops found and this change does not
+    fix (the gate's Redis book); anything else fails the test."""
     if stage == "risk-gate" and not all(d.exact for d in diffs.values()):
         # everything but the account-level checks must still be exact
         assert_exact(stage, compare(clean, run, stage, drop_checks=BOOK_CHECKS))
@@ -770,24 +834,6 @@ def known_gaps(
             f"{sorted(BOOK_CHECKS)} only: the Redis exposure book keeps what killed instances "
             "wrote past the last commit (other symbols' exposure ahead of the replayed order)"
         )
-    if stage == "portfolio" and any(d.different for d in diffs.values()):
-        # one run: 82 account snapshots the clean run never had, final values equal
-        assert all(not d.missing and d.last_equal for d in diffs.values()), diffs
-        pytest.xfail(
-            f"known bug: after {stats.kills} SIGKILLs portfolio publishes account snapshots "
-            f"the clean run never had (final values equal): {diffs}"
-        )
-    if stage in AT_LEAST_ONCE:
-        for logical, diff in diffs.items():
-            assert diff.same_records, f"{stage} → {logical}: {diff!r}"
-        repeats = {t: d.repeats for t, d in diffs.items() if d.repeats}
-        if repeats:
-            pytest.xfail(
-                f"known bug: {stage} is at-least-once; after {stats.kills} SIGKILLs it wrote "
-                f"{repeats} records again (same content, same final values): extra ClickHouse "
-                "rows, and downstream sees them twice (a repeated order request gets a second, "
-                "duplicate-rejected risk decision)"
-            )
 
 
 def assert_exact(stage: str, diffs: dict[str, Diff]) -> None:
