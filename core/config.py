@@ -535,10 +535,11 @@ class StreamSettings(_Section):
     risk gate, execution and the sink have their own."""
 
     exactly_once: bool = Field(
-        default=True,
+        default=False,
         description="outputs, state changelogs and input offsets commit in one Kafka "
-        "transaction: a stage killed mid-way repeats nothing downstream (off: at least once, "
-        "outputs seen before their commit, repeated after a crash)",
+        "transaction: a stage killed mid-way repeats nothing downstream, at the cost of up "
+        "to commit_interval_ms of latency per stage (off: at least once, outputs seen at "
+        "once, repeated after a crash)",
     )
     commit_interval_ms: int = Field(
         default=250,
