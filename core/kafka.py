@@ -192,7 +192,8 @@ def describe_topics(
     ]
 
 
-_TRANSIENT = frozenset(
+# Answers that mean "ask again": leadership or a coordinator is moving.
+TRANSIENT_ERRORS = frozenset(
     {
         KafkaError.NOT_LEADER_FOR_PARTITION,
         KafkaError.LEADER_NOT_AVAILABLE,
@@ -220,7 +221,7 @@ def retry_transient(fn: Callable[[], T], timeout: float) -> T:
         except KafkaException as exc:
             err = exc.args[0]
             transient = isinstance(err, KafkaError) and (
-                err.retriable() or err.code() in _TRANSIENT
+                err.retriable() or err.code() in TRANSIENT_ERRORS
             )
             if not transient or time.monotonic() > deadline:
                 raise
@@ -368,6 +369,7 @@ class LagProbe:
         self._consumers.clear()
         if self._peeker is not None:
             self._peeker.close()
+            self._peeker = None
         if self._unstable is not None:
             self._unstable.close()
-            self._peeker = None
+            self._unstable = None

@@ -41,7 +41,7 @@ from quixstreams.utils.json import dumps as quix_json_dumps
 from core.config import Settings
 from core.errors import SerdeError, TopicError
 from core.health import HEALTH, Heartbeat
-from core.kafka import PARTITIONER, admin_client, producer_config
+from core.kafka import PARTITIONER, TRANSIENT_ERRORS, admin_client, producer_config
 from core.logs import CORRELATION_HEADER
 from core.metrics import DEAD_LETTERS, ERRORS, EVENT_PROCESSING, MESSAGES_IN, MESSAGES_OUT
 from core.topics import TopicNames, spec
@@ -185,17 +185,11 @@ class AppHealth:
 
 # Commit answers that mean "the group's coordinator is moving" (its broker died, another
 # is taking over): the same offsets are committed again, which is idempotent.
-_COMMIT_RETRIABLE = frozenset(
-    {
-        KafkaError.NOT_COORDINATOR,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.REQUEST_TIMED_OUT,
-        KafkaError._TIMED_OUT,
-        KafkaError._WAIT_COORD,
-        KafkaError._TRANSPORT,
-    }
-)
+_COMMIT_RETRIABLE = TRANSIENT_ERRORS | {
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._WAIT_COORD,
+    KafkaError._TRANSPORT,
+}
 COMMIT_FAILOVER_S = 60.0  # well inside max.poll.interval.ms (300 s): the group keeps us
 
 
