@@ -109,6 +109,14 @@ class KafkaSettings(_Section):
         "not kept by time because their timestamps are event times",
     )
     client_id: str = "omniquant"
+    transaction_stall_s: float = Field(
+        default=30.0,
+        ge=1.0,
+        le=3600.0,
+        description="a transactional stage whose Kafka transaction call (send offsets, "
+        "commit, abort) has not returned after this long exits with code 75 and is started "
+        "again (librdkafka can block there for good after a coordinator's broker dies)",
+    )
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaSettings:

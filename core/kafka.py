@@ -7,11 +7,17 @@ and the execution app joins orders with trades per partition.
 
 from __future__ import annotations
 
+import faulthandler
+import logging
+import os
+import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -206,6 +212,86 @@ TRANSIENT_ERRORS = frozenset(
 )
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+log = logging.getLogger(__name__)
+
+# A process that exits with this (EX_TEMPFAIL) asks to be started again: its work is
+# committed transactionally, so a fresh instance resumes exactly where it left off.
+EXIT_TRANSACTION_STALLED = 75
+
+
+class TransactionWatchdog:
+    """Ends the process when a Kafka transaction call has not returned within ``stall_s``.
+
+    librdkafka's ``send_offsets_to_transaction`` can block for good, whatever timeout it is
+    given, once the group coordinator's broker has died: it waits for a broker thread that
+    was shut down (confluentinc/librdkafka#5511, its timeout unchecked: #5456; seen here
+    after the active controller was SIGKILLed). A blocked C call cannot be interrupted, and
+    its transaction is aborted by the broker after transaction.timeout.ms anyway, so the
+    only way on is a new process: the exit is a SIGKILL's equivalent, which a transactional
+    stage survives exactly (the kill loops show it), and its supervisor starts it again.
+    """
+
+    def __init__(
+        self,
+        stall_s: float,
+        on_stall: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.stall_s = stall_s
+        self._on_stall = on_stall or _exit_stalled
+        self._cond = threading.Condition()
+        self._watched: tuple[str, float] | None = None  # (call, deadline)
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def guard(self, call: str) -> Iterator[None]:
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name="transaction-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._watched = (call, time.monotonic() + self.stall_s)
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._watched = None
+                self._cond.notify()
+
+    def wrap(self, call: str, fn: Callable[P, T]) -> Callable[P, T]:
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            with self.guard(call):
+                return fn(*args, **kwargs)
+
+        return guarded
+
+    def _watch(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._watched is None:
+                        self._cond.wait()
+                        continue
+                    call, deadline = self._watched
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self._watched = None
+                        break
+                    self._cond.wait(left)
+            self._on_stall(call, self.stall_s)
+
+
+def _exit_stalled(call: str, stall_s: float) -> None:
+    log.critical(
+        "Kafka transaction call stalled; exiting to be started again",
+        extra={"call": call, "stalled_s": stall_s, "exit_code": EXIT_TRANSACTION_STALLED},
+    )
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)  # where it was stuck
+    sys.stderr.flush()
+    os._exit(EXIT_TRANSACTION_STALLED)  # the main thread is inside C: nothing can unwind it
 
 
 def retry_transient(fn: Callable[[], T], timeout: float) -> T:
@@ -286,15 +372,37 @@ class LagProbe:
             self._unstable = Consumer(config)
         return self._unstable
 
+    @staticmethod
+    def _watermarks(
+        consumer: Consumer, topic: str, partition: int, timeout: float
+    ) -> tuple[int, int]:
+        tp = TopicPartition(topic, partition)
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._UNKNOWN_PARTITION:
+                raise
+            # not in this client's metadata (yet, or any more after a failover): the
+            # broker's answer is what counts, so look the topic up and ask once more
+            consumer.list_topics(topic, timeout=timeout)
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+        return int(low), int(high)
+
     def lag(self, group: str, topics: Iterable[str], timeout: float = 2.0) -> int:
         """Lag of ``group`` over ``topics`` and over the repartition topics Quix made for the
         group (``repartition__<group>--...``): a stage that re-keys has caught up only when
         its own repartition topic is drained too."""
+        return sum(self.behind(group, topics, timeout).values())
+
+    def behind(
+        self, group: str, topics: Iterable[str], timeout: float = 2.0
+    ) -> dict[tuple[str, int], int]:
+        """What :meth:`lag` sums: the partitions where ``group`` is behind, by how much."""
         consumer = self._consumer(group)
         topic_list = list(topics)
         internal = f"repartition__{group}--"
 
-        def query() -> int:
+        def query() -> dict[tuple[str, int], int]:
             existing = consumer.list_topics(timeout=timeout).topics
             names = [*topic_list, *sorted(t for t in existing if t.startswith(internal))]
             partitions: list[TopicPartition] = []
@@ -303,32 +411,34 @@ class LagProbe:
                 if meta is None:
                     continue
                 partitions.extend(TopicPartition(topic, p) for p in meta.partitions)
-            total = 0
+            lagging: dict[tuple[str, int], int] = {}
             residual: dict[tuple[str, int], tuple[int, int]] = {}
             for tp in consumer.committed(partitions, timeout=timeout):
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(tp.topic, tp.partition), timeout=timeout, cached=False
-                )
+                key = (tp.topic, tp.partition)
+                low, high = self._watermarks(consumer, tp.topic, tp.partition, timeout)
                 committed = tp.offset if tp.offset >= 0 else low
                 behind = max(0, high - committed)
                 if tp.topic.startswith(internal):
                     # an exactly-once stage's own re-keyed records in a transaction still
                     # open are past the stable offset (``high``): behind until committed
-                    _, unstable = self._uncommitted().get_watermark_offsets(
-                        TopicPartition(tp.topic, tp.partition), timeout=timeout, cached=False
+                    _, unstable = self._watermarks(
+                        self._uncommitted(), tp.topic, tp.partition, timeout
                     )
-                    total += max(0, unstable - high)
+                    if unstable > high:
+                        lagging[key] = unstable - high
                 if 0 < behind <= self.PEEK_RESIDUAL:
-                    residual[(tp.topic, tp.partition)] = (committed, high)
-                else:
-                    total += behind
-            if residual:
-                total += self._deliverable(residual, timeout)
-            return total
+                    residual[key] = (committed, high)
+                elif behind:
+                    lagging[key] = lagging.get(key, 0) + behind
+            for key, n in self._deliverable(residual, timeout).items() if residual else ():
+                lagging[key] = lagging.get(key, 0) + n
+            return {key: n for key, n in lagging.items() if n > 0}
 
         return retry_transient(query, timeout * 3)
 
-    def _deliverable(self, residual: dict[tuple[str, int], tuple[int, int]], timeout: float) -> int:
+    def _deliverable(
+        self, residual: dict[tuple[str, int], tuple[int, int]], timeout: float
+    ) -> dict[tuple[str, int], int]:
         """Of the offsets ``committed..high`` per partition, how many a read_committed
         consumer would still be given: all of them once one record is delivered (the
         group really is behind), 0 when the partition ends first (markers, aborted)."""
@@ -339,7 +449,7 @@ class LagProbe:
         peeker = self._peeker
         peeker.assign([TopicPartition(t, p, start) for (t, p), (start, _) in residual.items()])
         pending = dict(residual)
-        behind = 0
+        behind: dict[tuple[str, int], int] = {}
         deadline = time.monotonic() + timeout
         try:
             while pending and time.monotonic() < deadline:
@@ -352,13 +462,13 @@ class LagProbe:
                 start, high = pending[key]
                 error = msg.error()
                 if error is None and msg.offset() < high:
-                    behind += high - start
+                    behind[key] = high - start
                     del pending[key]
                 elif error is not None and error.code() == KafkaError._PARTITION_EOF:
                     del pending[key]
             # Not answered in time (an open transaction holds the stable offset back):
             # count it as behind; the next query asks again.
-            behind += sum(high - start for start, high in pending.values())
+            behind.update({key: high - start for key, (start, high) in pending.items()})
         finally:
             peeker.unassign()
         return behind

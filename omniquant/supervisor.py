@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from core.config import KafkaSettings, Settings
-from core.kafka import LagProbe, end_offsets
+from core.kafka import EXIT_TRANSACTION_STALLED, LagProbe, end_offsets
 from core.topics import TopicNames
 from omniquant.stages import CONSUMED, PRODUCED, STAGES, StageSpec
 
@@ -377,14 +377,7 @@ class Supervisor:
                     self._print(f"{stage.name} finished its ticks")
                     stage.stopping = True
                     return self._shutdown("feed finished")
-                if self._may_restart(stage, now):
-                    self._print(
-                        f"WARNING: stage '{stage.name}' exited with code {code}; starting it "
-                        f"again (restart {len(stage.restarted_at)} in "
-                        f"{self.RESTART_WINDOW_S:.0f} s); log: {stage.log_path}"
-                    )
-                    self._print_log_tail(stage, lines=5)
-                    self._spawn(stage)
+                if self._restart(stage, code, now):
                     continue
                 self.outcome = f"stage {stage.name} exited with code {code}"
                 self._print(
@@ -435,12 +428,32 @@ class Supervisor:
             if waiting:
                 time.sleep(0.2)
 
-    # a stage that holds nothing of record is started again at most this often
+    # a stage that holds nothing of record, or one whose Kafka transaction stalled, is
+    # started again at most this often
     RESTARTS_PER_WINDOW = 5
     RESTART_WINDOW_S = 600.0
 
-    def _may_restart(self, stage: Stage, now: float) -> bool:
-        if not stage.spec.restart_on_failure or self._interrupted:
+    def _restart(self, stage: Stage, code: int, now: float, *, draining: bool = False) -> bool:
+        """Start ``stage`` again if its exit allows it; say so."""
+        if not self._may_restart(stage, code, now, draining=draining):
+            return False
+        self._print(
+            f"WARNING: stage '{stage.name}' exited with code {code}; starting it again "
+            f"(restart {len(stage.restarted_at)} in {self.RESTART_WINDOW_S:.0f} s); "
+            f"log: {stage.log_path}"
+        )
+        self._print_log_tail(stage, lines=5)
+        self._spawn(stage)
+        return True
+
+    def _may_restart(self, stage: Stage, code: int, now: float, *, draining: bool = False) -> bool:
+        # EXIT_TRANSACTION_STALLED: a transactional stage's own "start me again"; its work
+        # is committed in Kafka transactions, so a new instance resumes it exactly. While
+        # the run drains it is started again too: what it has not committed is still to do.
+        stalled = code == EXIT_TRANSACTION_STALLED
+        if not (stage.spec.restart_on_failure or stalled):
+            return False
+        if self._interrupted and not (draining and stalled):
             return False
         stage.restarted_at = [t for t in stage.restarted_at if now - t < self.RESTART_WINDOW_S]
         if len(stage.restarted_at) >= self.RESTARTS_PER_WINDOW:
@@ -471,7 +484,10 @@ class Supervisor:
             if stage.is_source:
                 continue
             while time.monotonic() < deadline:
-                if stage.exit_code is not None:
+                code = stage.exit_code
+                if code is not None:
+                    if self._restart(stage, code, time.monotonic(), draining=True):
+                        continue
                     break
                 try:
                     lag = self._lag.lag(stage.consumer_group or "", stage.inputs, timeout=2.0)
@@ -489,7 +505,10 @@ class Supervisor:
                     self.on_tick(self)
                 time.sleep(0.25)
             else:
-                self._print(f"WARNING: {stage.name} still lagging at the drain timeout")
+                self._print(
+                    f"WARNING: {stage.name} still lagging at the drain timeout: "
+                    f"{self._lag_detail(stage)}"
+                )
             # Nothing left to process: this scrape holds the stage's final figures.
             stage.samples = scrape(stage.metrics_port) or stage.samples
             early = stage.exit_code
@@ -501,6 +520,14 @@ class Supervisor:
                 return EXIT_STAGE_FAILED
         self.refresh_final()
         return EXIT_OK
+
+    def _lag_detail(self, stage: Stage) -> str:
+        try:
+            behind = self._lag.behind(stage.consumer_group or "", stage.inputs, timeout=2.0)
+        except Exception as exc:  # a diagnostic: never the reason a shutdown fails
+            return f"(lag unknown: {exc})"
+        parts = [f"{topic}[{p}] {n}" for (topic, p), n in sorted(behind.items())]
+        return ", ".join(parts[:8]) + (f" and {len(parts) - 8} more" if len(parts) > 8 else "")
 
     def refresh_final(self) -> None:
         """Keep the last scraped figures (the processes are gone now)."""

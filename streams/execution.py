@@ -100,7 +100,13 @@ from brokers.base import (
 from core.config import Settings
 from core.errors import ConfigError, SerdeError, TopicError
 from core.health import HEALTH, Heartbeat
-from core.kafka import admin_client, consumer_config, producer_config, retry_transient
+from core.kafka import (
+    TransactionWatchdog,
+    admin_client,
+    consumer_config,
+    producer_config,
+    retry_transient,
+)
 from core.logs import CORRELATION_HEADER, correlated, header_value
 from core.metrics import (
     ERRORS,
@@ -249,6 +255,7 @@ class ExecutionConsumer:
         self._names = TopicNames(settings.topic_prefix)
         self._group = f"{settings.topic_prefix}{name}"
         self._exactly_once = settings.execution.exactly_once
+        self._watchdog = TransactionWatchdog(settings.kafka.transaction_stall_s)
         self._serde = AvroSerde.from_settings(settings)
         self._dead_letters = DeadLetters(settings, name)
         self._redis = redis.Redis.from_url(settings.redis_url(), socket_timeout=5.0)
@@ -959,11 +966,13 @@ class ExecutionConsumer:
         else:
             offsets = [TopicPartition(t, p, o) for (t, p), o in self._handled.items()]
         if self._exactly_once:
-            if offsets:
-                producer.send_offsets_to_transaction(
-                    offsets, consumer.consumer_group_metadata(), _KAFKA_TIMEOUT_S
-                )
-            producer.commit_transaction(_KAFKA_TIMEOUT_S)
+            # its timeout is not always honoured (librdkafka#5456): the watchdog's is
+            with self._watchdog.guard("send_offsets_to_transaction, commit_transaction"):
+                if offsets:
+                    producer.send_offsets_to_transaction(
+                        offsets, consumer.consumer_group_metadata(), _KAFKA_TIMEOUT_S
+                    )
+                producer.commit_transaction(_KAFKA_TIMEOUT_S)
         else:
             producer.flush(_KAFKA_TIMEOUT_S)
             if self._delivery_failures:
@@ -992,7 +1001,8 @@ class ExecutionConsumer:
         ERRORS.labels(self._name, "transaction_aborted").inc()
         producer, consumer = self._producer, self._consumer
         assert producer is not None and consumer is not None
-        producer.abort_transaction(_KAFKA_TIMEOUT_S)
+        with self._watchdog.guard("abort_transaction"):
+            producer.abort_transaction(_KAFKA_TIMEOUT_S)
         self._book = dict(self._committed_book)
         for coid in self._finished:
             self._done.pop(coid, None)

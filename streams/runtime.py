@@ -41,7 +41,13 @@ from quixstreams.utils.json import dumps as quix_json_dumps
 from core.config import Settings
 from core.errors import SerdeError, TopicError
 from core.health import HEALTH, Heartbeat
-from core.kafka import PARTITIONER, TRANSIENT_ERRORS, admin_client, producer_config
+from core.kafka import (
+    PARTITIONER,
+    TRANSIENT_ERRORS,
+    TransactionWatchdog,
+    admin_client,
+    producer_config,
+)
 from core.logs import CORRELATION_HEADER
 from core.metrics import DEAD_LETTERS, ERRORS, EVENT_PROCESSING, MESSAGES_IN, MESSAGES_OUT
 from core.topics import TopicNames, spec
@@ -706,6 +712,13 @@ class StreamApp:
         self.app.health = self.health
         consumer = self.app._consumer
         consumer.commit = commit_through_failover(consumer.commit)  # type: ignore[method-assign]
+        if processing_guarantee == "exactly-once":
+            # Quix's checkpoint commits with no timeout; a call librdkafka never returns
+            # from ends the process instead of the stage standing still (see the watchdog)
+            watchdog = TransactionWatchdog(settings.kafka.transaction_stall_s)
+            producer = self.app._producer
+            for call in ("commit_transaction", "abort_transaction"):
+                setattr(producer, call, watchdog.wrap(call, getattr(producer, call)))
         self.health.register()  # unready until it runs and is assigned partitions
 
     @property

@@ -51,3 +51,33 @@ def test_a_group_past_the_last_record_of_transactions_has_no_lag(kafka_bootstrap
         assert probe.lag(fresh, [topic]) == 6
     finally:
         probe.close()
+
+
+def test_an_open_transaction_on_the_groups_repartition_topic_is_lag(kafka_bootstrap: str) -> None:
+    settings = load_settings(kafka={"bootstrap_servers": kafka_bootstrap})
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    source = f"lag-src-{uuid.uuid4().hex[:8]}"
+    internal = f"repartition__{group}--{source}--by-account"  # as Quix names its own
+    admin = admin_client(settings)
+    for name in (source, internal):
+        admin.create_topics([NewTopic(name, 1, 1)])[name].result()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": f"tx-{group}"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(4):
+        producer.produce(internal, f"re-keyed {i}".encode())
+    producer.flush(30)  # on the broker, past the stable offset: the transaction is open
+
+    probe = LagProbe(settings)  # a fresh probe: nothing looked up yet
+    try:
+        behind = probe.behind(group, [source])
+        assert behind == {(internal, 0): 4}, behind
+        assert probe.lag(group, [source]) == 4
+        producer.commit_transaction(30)  # the 4 records are readable now, not yet read
+        # counted in offsets: the 4 records and the commit marker after them
+        assert probe.behind(group, [source]) == {(internal, 0): 5}
+        _commit(kafka_bootstrap, group, internal, 5)  # read them and the commit marker
+        assert probe.behind(group, [source]) == {}
+        assert probe.lag(group, [source]) == 0
+    finally:
+        probe.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core.config import load_settings
-from core.kafka import LagProbe, end_offsets
+from core.kafka import EXIT_TRANSACTION_STALLED, LagProbe, end_offsets
 from omniquant.stack.kafka import LocalKafka
 from omniquant.supervisor import free_port
 
@@ -110,11 +110,41 @@ def test_killing_the_broker_mid_run_makes_run_exit_non_zero(redis_url: str, tmp_
     assert took < 90
 
 
+# Loaded by every interpreter of the run (PYTHONPATH): in the risk gate, the first Kafka
+# transaction call made once the marker file exists blocks for good, as librdkafka's
+# send_offsets_to_transaction does after a coordinator's broker dies (librdkafka#5511).
+STALL_ONCE = """
+import os, sys, time
+if "risk-gate" in sys.argv:
+    from quixstreams.kafka import producer as _quix
+
+    def _stall_once(original):
+        def call(*args, **kwargs):
+            marker = os.environ["OQ_TEST_STALL_MARKER"]
+            if os.path.exists(marker):
+                os.unlink(marker)
+                print("test: this transaction call blocks for good", flush=True)
+                time.sleep(3600)
+            return original(*args, **kwargs)
+        return call
+
+    for _name in ("send_offsets_to_transaction", "commit_transaction"):
+        setattr(_quix.Producer, _name, _stall_once(getattr(_quix.Producer, _name)))
+"""
+
+
 def test_a_stage_that_dies_is_reported_with_its_exit_code(
     kafka_bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:
     env = _run_env(kafka_bootstrap, redis_url, tmp_path / "state")
     env["OMNIQUANT_TOPIC_PREFIX"] = f"die{os.getpid()}."
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(STALL_ONCE)
+    marker = tmp_path / "stall-risk-gate"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hooks), env.get("PYTHONPATH")) if p)
+    env["OQ_TEST_STALL_MARKER"] = str(marker)
+    env["OMNIQUANT_KAFKA__TRANSACTION_STALL_S"] = "3"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -143,8 +173,21 @@ def test_a_stage_that_dies_is_reported_with_its_exit_code(
         _wait_for_line(proc, "stage 'lag-monitor' exited with code -6; starting it again", 30, seen)
         again = _child_stage(proc.pid, "lag-monitor")
         assert again != monitor and proc.poll() is None
+        # The risk gate's transaction commit never returns: its watchdog ends it with 75,
+        # a transactional stage's "start me again", and the supervisor does.
+        stalled = _child_stage(proc.pid, "risk-gate")
+        marker.touch()
+        _wait_for_line(
+            proc,
+            f"stage 'risk-gate' exited with code {EXIT_TRANSACTION_STALLED}; starting it again",
+            90,
+            seen,
+        )
+        assert not marker.exists(), "the gate's transaction call never ran"
+        restarted = _child_stage(proc.pid, "risk-gate")
+        assert restarted != stalled and proc.poll() is None
         # A stage of record killed as an OOM killer would: the run stops and says which.
-        os.kill(_child_stage(proc.pid, "risk-gate"), signal.SIGKILL)
+        os.kill(restarted, signal.SIGKILL)
         code = proc.wait(timeout=60)
         output = "".join(seen) + (proc.stdout.read() if proc.stdout else "")
     finally:
