@@ -543,7 +543,7 @@ class StreamSettings(_Section):
     risk gate, execution and the sink have their own."""
 
     exactly_once: bool = Field(
-        default=False,
+        default=True,
         description="outputs, state changelogs and input offsets commit in one Kafka "
         "transaction: a stage killed mid-way repeats nothing downstream, at the cost of up "
         "to commit_interval_ms of latency per stage (off: at least once, outputs seen at "

@@ -26,12 +26,15 @@ def test_a_restarted_stage_reuses_its_transactional_id(tmp_path: Path) -> None:
         kafka={"bootstrap_servers": "127.0.0.1:1"},
         state_dir=tmp_path,
         topic_prefix="t.",
-        streams={"exactly_once": True},
     )
     first = StreamApp(settings, "bars")
-    assert first.processing_guarantee == "exactly-once"
-    plain = load_settings(kafka={"bootstrap_servers": "127.0.0.1:1"}, state_dir=tmp_path)
-    assert StreamApp(plain, "bars").processing_guarantee == "at-least-once"  # the default
+    assert first.processing_guarantee == "exactly-once"  # the default
+    plain = load_settings(
+        kafka={"bootstrap_servers": "127.0.0.1:1"},
+        state_dir=tmp_path,
+        streams={"exactly_once": False},
+    )
+    assert StreamApp(plain, "bars").processing_guarantee == "at-least-once"
     again = StreamApp(settings, "bars")
     elsewhere = StreamApp(settings.model_copy(update={"state_dir": tmp_path / "b"}), "bars")
     assert _transactional_id(first) == _transactional_id(again)
