@@ -168,6 +168,14 @@ class RedisSettings(_Section):
     url: SecretStr | None = Field(
         default=None, description="redis://[:password@]host:port/db. Unset: local server."
     )
+    outage_wait_s: float = Field(
+        default=20.0,
+        ge=0,
+        le=50,
+        description="how long the risk gate and execution retry a Redis that does not answer "
+        "before the error counts (gate: the order is refused; execution: it stops). At most "
+        "50 s: the open Kafka transaction must not time out meanwhile",
+    )
 
 
 class ClickHouseSettings(_Section):

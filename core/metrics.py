@@ -27,6 +27,9 @@ DEAD_LETTERS = Counter(
 )
 RISK_DECISIONS = Counter("omniquant_risk_decisions_total", "Pre-trade risk decisions", ["decision"])
 FILLS = Counter("omniquant_fills_total", "Fills produced by the execution consumer", ["venue"])
+REDIS_RETRIES = Counter(
+    "omniquant_redis_retries_total", "Redis commands retried after a connection error", ["role"]
+)
 SINK_ROWS = Counter("omniquant_sink_rows_total", "Rows written to ClickHouse", ["table"])
 LATE_TRADES = Counter(
     "omniquant_late_trades_total", "Trades older than the current bar, ignored by signals", []

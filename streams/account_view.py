@@ -43,6 +43,7 @@ from confluent_kafka import Consumer, TopicPartition
 from core.config import Settings
 from core.errors import TopicError
 from core.kafka import consumer_config
+from core.redis_client import redis_client
 from core.topics import TopicNames
 from schemas.fixedpoint import mul, to_fixed
 from schemas.models import PortfolioSnapshot, Record, RiskMetric
@@ -187,7 +188,7 @@ class ExposureBook:
 
     def __init__(self, settings: Settings) -> None:
         self.prefix = f"{settings.topic_prefix}gate:"
-        self.client = redis.Redis.from_url(settings.redis_url(), socket_timeout=2.0)
+        self.client = redis_client(settings, "risk-gate", socket_timeout=2.0)
 
     def _exposure_key(self, account: str) -> str:
         return f"{self.prefix}exposure:{account}"

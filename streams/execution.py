@@ -122,6 +122,7 @@ from core.metrics import (
     TRADES,
     VENUE_UP,
 )
+from core.redis_client import redis_client
 from core.topics import BACKTEST_PREFIX, TopicNames
 from schemas.models import (
     ExecType,
@@ -258,7 +259,7 @@ class ExecutionConsumer:
         self._watchdog = TransactionWatchdog(settings.kafka.transaction_stall_s)
         self._serde = AvroSerde.from_settings(settings)
         self._dead_letters = DeadLetters(settings, name)
-        self._redis = redis.Redis.from_url(settings.redis_url(), socket_timeout=5.0)
+        self._redis = redis_client(settings, "execution", socket_timeout=5.0)
         self._watcher = watcher or TradingStateWatcher(settings)
         # a simulated venue is warmed up with this much market data at start
         self._market_history_ms = market_history_ms if not broker.live else None
