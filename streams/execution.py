@@ -675,8 +675,11 @@ class ExecutionConsumer:
             )
             return
         ORDER_LATENCY.labels(self._venue).observe(max(0, time.time_ns() - approved_at_ns) / 1e9)
-        self._drain_events()  # the venue's own NEW (and fills) may have come during submit
+        # The submission's answer is the order's NEW; the venue's own "new" (and fills) that
+        # came on its stream during the call follow it. Acknowledging first makes the report
+        # the same whichever way that race went (a restart's replay runs it again).
         self._acknowledge(coid, ack)
+        self._drain_events()
 
     def _acknowledge(self, coid: str, ack: BrokerOrder) -> None:
         """The venue's answer to a submission, if its events have not said it already."""
