@@ -67,10 +67,12 @@ def test_a_command_issued_while_redis_is_down_succeeds_once_it_is_back(
     server.stop()
     assert not server.answers()
     restart = _start_later(server, 1.5)
-    with caplog.at_level(logging.WARNING, logger="core.redis_client"):
-        # The server came back empty (no persistence): the key is gone, the command works.
-        assert client.set("k", b"after", nx=True)
-    restart.join()
+    try:
+        with caplog.at_level(logging.WARNING, logger="core.redis_client"):
+            # The server came back empty (no persistence): the key is gone, the command works.
+            assert client.set("k", b"after", nx=True)
+    finally:
+        restart.join()  # before the fixture stops it, or it outlives the test
     assert client.get("k") == b"after"
     assert _retries("execution") > before
     messages = [r.getMessage() for r in caplog.records]
@@ -86,8 +88,10 @@ def test_the_gate_claims_an_order_id_through_a_redis_restart(
     before = _retries("risk-gate")
     server.stop()
     restart = _start_later(server, 1.0)
-    assert book.claim("coid-1", "orders.requests/0/7")
-    restart.join()
+    try:
+        assert book.claim("coid-1", "orders.requests/0/7")
+    finally:
+        restart.join()
     assert not book.claim("coid-1", "orders.requests/0/8"), "the claim was stored"
     assert _retries("risk-gate") > before
     book.close()
