@@ -30,6 +30,10 @@ FILLS = Counter("omniquant_fills_total", "Fills produced by the execution consum
 REDIS_RETRIES = Counter(
     "omniquant_redis_retries_total", "Redis commands retried after a connection error", ["role"]
 )
+BOOK_WRITE_BACKS = Counter(
+    "omniquant_risk_book_write_backs_total",
+    "Times a risk-gate process wrote its exposure book back into a Redis that had lost it",
+)
 SINK_ROWS = Counter("omniquant_sink_rows_total", "Rows written to ClickHouse", ["table"])
 LATE_TRADES = Counter(
     "omniquant_late_trades_total", "Trades older than the current bar, ignored by signals", []

@@ -24,6 +24,13 @@ rate and duplicate client order ids are properties of a whole account. Two sourc
     whose value is the request's topic position, so a replayed request is recognised as
     itself, not as a duplicate. Any Redis error is reported in the context and the gate
     refuses the order (fail closed).
+
+    Redis may come back empty (restarted without persistence, failed over to a replica
+    that had not caught up). Each gate process keeps a mirror of what it wrote (its
+    exposures, the last minute of approvals, recent claims) and a key of its own,
+    ``<prefix>gate:alive:<process>``; when the key is gone, it writes the mirror back
+    before the next decision, without overwriting what another process wrote since
+    (``HSETNX``, ``ZADD NX``, ``SET NX``).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -43,6 +51,7 @@ from confluent_kafka import Consumer, TopicPartition
 from core.config import Settings
 from core.errors import TopicError
 from core.kafka import consumer_config
+from core.metrics import BOOK_WRITE_BACKS
 from core.redis_client import redis_client
 from core.topics import TopicNames
 from schemas.fixedpoint import mul, to_fixed
@@ -54,6 +63,8 @@ log = logging.getLogger(__name__)
 
 _NS_PER_S = 1_000_000_000
 _COID_TTL_S = 7 * 24 * 3600  # a client order id stays taken for a week
+_RATE_KEPT_NS = 60 * _NS_PER_S  # approvals kept: a minute of event time (the check: 1 s)
+_MIRRORED_CLAIMS = 100_000  # the process's most recent claims it can write back
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +200,11 @@ class ExposureBook:
     def __init__(self, settings: Settings) -> None:
         self.prefix = f"{settings.topic_prefix}gate:"
         self.client = redis_client(settings, "risk-gate", socket_timeout=2.0)
+        # what this process wrote, to write back into a Redis that lost it (module docstring)
+        self._alive_key = f"{self.prefix}alive:{uuid.uuid4().hex}"
+        self._exposures: dict[str, dict[str, str]] = {}  # account → symbol → value
+        self._approvals: dict[str, dict[str, int]] = {}  # account → client order id → ts
+        self._claims: OrderedDict[str, str] = OrderedDict()  # client order id → position
 
     def _exposure_key(self, account: str) -> str:
         return f"{self.prefix}exposure:{account}"
@@ -212,10 +228,10 @@ class ExposureBook:
         else:
             equity, source = starting_cash, "starting cash, no portfolio snapshot yet"
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hgetall(self._exposure_key(account))
-            pipe.zrangebyscore(self._rate_key(account), ts_event - _NS_PER_S + 1, ts_event)
-            exposure, recent = pipe.execute()
+            alive, exposure, recent = self._read(account, ts_event)
+            if not alive:  # first decision of this process, or Redis lost what it held
+                self._write_back()
+                _, exposure, recent = self._read(account, ts_event)
         except redis.RedisError as exc:
             return AccountContext(equity=equity, equity_source=source, error=repr(exc))
         gross = margin = 0
@@ -237,16 +253,28 @@ class ExposureBook:
             drawdown=figures.drawdown,
         )
 
+    def _read(self, account: str, ts_event: int) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.exists(self._alive_key)
+        pipe.hgetall(self._exposure_key(account))
+        pipe.zrangebyscore(self._rate_key(account), ts_event - _NS_PER_S + 1, ts_event)
+        return list(pipe.execute())
+
     def claim(self, client_order_id: str, identity: str) -> bool:
         """Take a client order id for the request at ``identity`` (topic position); False
         when another request took it first. Raises redis.RedisError."""
         key = f"{self.prefix}coid:{client_order_id}"
-        if self.client.set(key, identity, nx=True, ex=_COID_TTL_S):
-            return True
-        holder = self.client.get(key)
-        if isinstance(holder, bytes):
-            holder = holder.decode()
-        return holder == identity
+        if not self.client.set(key, identity, nx=True, ex=_COID_TTL_S):
+            holder = self.client.get(key)
+            if isinstance(holder, bytes):
+                holder = holder.decode()
+            if holder != identity:
+                return False
+        self._claims[client_order_id] = identity
+        self._claims.move_to_end(client_order_id)
+        while len(self._claims) > _MIRRORED_CLAIMS:
+            self._claims.popitem(last=False)
+        return True
 
     def record(
         self, account: str, symbol: str, worst: int, price: int | None, margin_rate: int
@@ -254,31 +282,69 @@ class ExposureBook:
         """The symbol's worst-case exposure in the account now (overwrites). Without a
         price (no trade seen yet) the entry keeps the price it had."""
         key = self._exposure_key(account)
+        mirrored = self._exposures.setdefault(account, {})
         if worst == 0:
             self.client.hdel(key, symbol)
+            mirrored.pop(symbol, None)
             return
         if price is None:
             held = self.client.hget(key, symbol)
             if held is None:
                 return  # nothing to value it at; the next trade's mark writes it
             price = int(json.loads(held)[1])
-        self.client.hset(key, symbol, json.dumps([worst, price, margin_rate]))
+        value = json.dumps([worst, price, margin_rate])
+        self.client.hset(key, symbol, value)
+        mirrored[symbol] = value
 
     def approved(self, account: str, client_order_id: str, ts_event: int) -> None:
         """Count an approved order in the account's order rate."""
         key = self._rate_key(account)
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(key, {client_order_id: ts_event})
-        # Keep a minute of event time: the check looks back one second.
-        pipe.zremrangebyscore(key, "-inf", ts_event - 60 * _NS_PER_S)
+        pipe.zremrangebyscore(key, "-inf", ts_event - _RATE_KEPT_NS)
         pipe.execute()
+        mirrored = self._approvals.setdefault(account, {})
+        mirrored[client_order_id] = ts_event
+        for coid in [c for c, ts in mirrored.items() if ts < ts_event - _RATE_KEPT_NS]:
+            del mirrored[coid]
 
     def mark(self, entries: Iterable[tuple[str, str, int, int, int]]) -> None:
         """Re-value held symbols at a newer price: (account, symbol, worst, price, rate)."""
         pipe = self.client.pipeline(transaction=False)
+        written: list[tuple[str, str, str]] = []
         for account, symbol, worst, price, rate in entries:
-            pipe.hset(self._exposure_key(account), symbol, json.dumps([worst, price, rate]))
+            value = json.dumps([worst, price, rate])
+            pipe.hset(self._exposure_key(account), symbol, value)
+            written.append((account, symbol, value))
         pipe.execute()
+        for account, symbol, value in written:
+            self._exposures.setdefault(account, {})[symbol] = value
+
+    def _write_back(self) -> None:
+        """Write what this process wrote into a Redis that does not have it (module
+        docstring); a value another process wrote since stays."""
+        pipe = self.client.pipeline(transaction=False)
+        for account, fields in self._exposures.items():
+            for symbol, value in fields.items():
+                pipe.hsetnx(self._exposure_key(account), symbol, value)
+        for account, approvals in self._approvals.items():
+            if approvals:
+                pipe.zadd(self._rate_key(account), approvals, nx=True)
+        for coid, identity in self._claims.items():
+            pipe.set(f"{self.prefix}coid:{coid}", identity, nx=True, ex=_COID_TTL_S)
+        pipe.set(self._alive_key, b"1", ex=_COID_TTL_S)
+        pipe.execute()
+        entries = sum(map(len, self._exposures.values())) + len(self._claims)
+        if entries:
+            BOOK_WRITE_BACKS.inc()
+            log.warning(
+                "Redis had lost the gate's book; wrote back what this process had written",
+                extra={
+                    "exposures": sum(map(len, self._exposures.values())),
+                    "approvals": sum(map(len, self._approvals.values())),
+                    "claims": len(self._claims),
+                },
+            )
 
     def close(self) -> None:
         self.client.close()

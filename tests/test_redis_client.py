@@ -1,5 +1,6 @@
 """The stages' Redis client rides out a short outage of a real redis-server, and gives up
-after ``OMNIQUANT_REDIS__OUTAGE_WAIT_S`` (core.redis_client)."""
+after ``OMNIQUANT_REDIS__OUTAGE_WAIT_S`` (core.redis_client); the gate's exposure book is
+written back into a Redis that came back empty (streams.account_view)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,9 @@ from core.config import Settings, load_settings
 from core.errors import ConfigError
 from core.redis_client import redis_client
 from omniquant.stack.redis import LocalRedis
-from streams.account_view import ExposureBook
+from schemas.fixedpoint import to_fixed
+from streams.account_view import AccountFigures, ExposureBook
+from streams.logic.account_checks import AccountContext
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +149,55 @@ def test_an_invalid_outage_wait_fails_at_start_naming_the_setting(
 ) -> None:
     with pytest.raises(ConfigError, match="OMNIQUANT_REDIS__OUTAGE_WAIT_S"):
         load_settings(redis={"outage_wait_s": value}, state_dir=tmp_path)
+
+
+def _gross(*entries: tuple[str, str]) -> Decimal:
+    """Σ |worst × price| in currency units, by Decimal (not the gate's fixed point)."""
+    return sum((abs(Decimal(w) * Decimal(p)) for w, p in entries), Decimal(0))
+
+
+def test_the_gate_writes_its_book_back_into_a_redis_that_came_back_empty(
+    server: LocalRedis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(server, tmp_path, 20.0)
+    book, other = ExposureBook(settings), ExposureBook(settings)  # two gate processes
+    rate = to_fixed("0.5")
+    ts = 1_381_152_661_000_000_000
+    figures = AccountFigures(equity=to_fixed("1000000"))
+
+    def context(of: ExposureBook, coid: str = "c-new") -> AccountContext:
+        got = of.context(
+            account="acct", symbol="ZZZ", client_order_id=coid, ts_event=ts,
+            figures=figures, starting_cash=0,
+        )  # fmt: skip
+        assert got.error is None, got.error
+        return got
+
+    book.record("acct", "AAA", to_fixed("200"), to_fixed("182.5"), rate)
+    book.record("acct", "BBB", to_fixed("-100"), to_fixed("13.9"), rate)
+    book.record("acct", "GONE", to_fixed("50"), to_fixed("10"), rate)
+    book.record("acct", "GONE", 0, to_fixed("10"), rate)  # flat again: not written back
+    book.mark([("acct", "BBB", to_fixed("-100"), to_fixed("14.1"), rate)])
+    book.approved("acct", "c-1", ts - 10)
+    assert book.claim("c-1", "orders.requests:0:7")
+    before = context(book)
+    assert Decimal(before.others_gross) / 10**9 == _gross(("200", "182.5"), ("-100", "14.1"))
+    assert before.recent_orders == 1
+
+    server.stop()
+    server.start()  # empty: no persistence
+    assert context(other).others_gross == 0, "Redis came back empty"
+    # another process writes AAA anew before this one notices: its value stays
+    other.record("acct", "AAA", to_fixed("300"), to_fixed("183"), rate)
+    with caplog.at_level(logging.WARNING, logger="streams.account_view"):
+        after = context(book)
+    assert Decimal(after.others_gross) / 10**9 == _gross(("300", "183"), ("-100", "14.1"))
+    assert after.recent_orders == 1
+    assert not other.claim("c-1", "orders.requests:0:9"), "the claim was written back"
+    assert book.claim("c-1", "orders.requests:0:7"), "and is still this request's"
+    assert any("wrote back" in r.getMessage() for r in caplog.records)
+    # written back once: the next decision reads Redis as it is
+    other.record("acct", "BBB", 0, None, rate)
+    assert Decimal(context(book).others_gross) / 10**9 == _gross(("300", "183"))
+    book.close()
+    other.close()
