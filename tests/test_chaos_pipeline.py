@@ -53,11 +53,19 @@ shows them; they pass once fixed):
   a kill sees the shared Redis exposure book as the killed instance left it, with other
   symbols' exposure from beyond the last commit: 12 of 152 decisions differed in
   gross_leverage and buying_power (all still approved).
-- execution: no order submitted twice, fills exact, but 50 of 130 execution reports differ
-  in content (not looked into yet; last report per order equal).
-- Redis: execution exits on the refused connection (redis.exceptions.ConnectionError)
-  instead of riding out the outage; the gate decides differently while Redis is down (one
-  run: 118 of 152 decisions, 38 of 65 approvals gone).
+- execution: no order submitted twice, fills exact; 50 of 130 execution reports differed.
+  Some in how the NEW was learned (the submission's answer or the venue's stream event,
+  whichever came first: fixed, the answer now comes first); the rest only in
+  ``raw_event``, "reconciled" for a fill the next instance learned from the venue's view
+  of the order after a kill instead of from the stream ("fill"): that is how it was
+  learned, so the test compares reports without it and checks that each difference is
+  that one.
+- Redis: execution exited on the refused connection (redis.exceptions.ConnectionError) and
+  the gate refused orders while Redis was down (one run: 118 of 152 decisions differed, 38
+  of 65 approvals gone). Fixed: both retry through an outage (core.redis_client); then the
+  gate decided 56 of 152 differently (approvals equal) against a Redis that came back
+  empty, without the other symbols' exposure: fixed, each gate process writes back what it
+  had written (streams.account_view.ExposureBook).
 """
 
 from __future__ import annotations
@@ -450,20 +458,28 @@ def wait_for(what: str, condition: Callable[[], bool], timeout: float, poll: flo
 
 
 def canonical(
-    topic_records: list[Msg], logical: str, drop_checks: frozenset[str] = frozenset()
+    topic_records: list[Msg],
+    logical: str,
+    drop_checks: frozenset[str] = frozenset(),
+    drop_fields: frozenset[str] = frozenset(),
 ) -> Counter[tuple[str, str]]:
     """A topic's records as a multiset of (key, content without volatile fields)."""
-    return Counter(_content(m, logical, drop_checks) for m in topic_records)
+    return Counter(_content(m, logical, drop_checks, drop_fields) for m in topic_records)
 
 
-def last_by_key(topic_records: list[Msg], logical: str) -> dict[str, str]:
+def last_by_key(
+    topic_records: list[Msg], logical: str, drop_fields: frozenset[str] = frozenset()
+) -> dict[str, str]:
     """The last record of each key (records are in offset order per partition, and a key
     lives on one partition): final positions, account snapshots."""
-    return dict(_content(m, logical, frozenset()) for m in topic_records)
+    return dict(_content(m, logical, frozenset(), drop_fields) for m in topic_records)
 
 
-def _content(m: Msg, logical: str, drop_checks: frozenset[str]) -> tuple[str, str]:
+def _content(
+    m: Msg, logical: str, drop_checks: frozenset[str], drop_fields: frozenset[str] = frozenset()
+) -> tuple[str, str]:
     volatile = VOLATILE | {"ts_event"} if logical in VENUE_TOPICS else VOLATILE
+    volatile = volatile | drop_fields
     value = _SERDE.decode(m.value).model_dump(mode="json")
     if drop_checks and "checks" in value:
         value["checks"] = [c for c in value["checks"] if c["name"] not in drop_checks]
@@ -802,18 +818,24 @@ class Diff:
 
 
 def compare(
-    clean: CleanRun, run: Run, stage: str, drop_checks: frozenset[str] = frozenset()
+    clean: CleanRun,
+    run: Run,
+    stage: str,
+    drop_checks: frozenset[str] = frozenset(),
+    drop_fields: frozenset[str] = frozenset(),
 ) -> dict[str, Diff]:
-    """Each output topic of ``stage`` in the chaos run against the clean run's."""
+    """Each output topic of ``stage`` in the chaos run against the clean run's (without
+    the gate's ``drop_checks`` and the records' ``drop_fields``)."""
     diffs: dict[str, Diff] = {}
     for logical in STAGE_IO[stage][1]:
         got = read_topic(run.settings, run.topic(logical))
         want = clean.records.get(logical) or []
-        a, b = canonical(got, logical, drop_checks), canonical(want, logical, drop_checks)
+        a = canonical(got, logical, drop_checks, drop_fields)
+        b = canonical(want, logical, drop_checks, drop_fields)
         extra, missing = a - b, b - a
         different = [k for k in extra if k not in b]
         repeats = sum(n for k, n in extra.items() if k in b)
-        last = last_by_key(got, logical) == last_by_key(want, logical)
+        last = last_by_key(got, logical, drop_fields) == last_by_key(want, logical, drop_fields)
         diffs[logical] = Diff(len(got), len(want), repeats, different, list(missing), last)
     return diffs
 
@@ -904,12 +926,15 @@ def test_execution_killed_20_times_submits_each_order_once(
     assert set(submissions) == approved
     assert stats.kills >= KILLS
     assert counts["fills"].exact, counts["fills"]
+    # The clean run's reports exactly, but for how each was learned (``raw_event``): an
+    # order whose fill came while its instance was dead is reconciled from the venue's view
+    # of it by the next instance ("reconciled"), not from the stream event ("fill").
     reports = counts["execution.reports"]
-    # one run: 50 of 130 reports differed in content (not yet looked into), none repeated,
-    # none lost, the last report of every order the clean run's
-    assert reports.repeats == 0 and reports.last_equal, reports
-    if not reports.exact:
-        pytest.xfail(f"execution reports differ from the clean run's: {reports!r}")
+    samples = f"different: {reports.different[:3]}, missing: {reports.missing[:3]}"
+    learned = compare(clean, run, stage, drop_fields=frozenset({"raw_event"}))
+    assert learned["execution.reports"].exact, f"{learned['execution.reports']!r}; {samples}"
+    assert all("'raw_event': 'reconciled'" in content for _, content in reports.different), samples
+    print(f"[chaos] execution: {len(reports.different)} reports learned by reconciliation")
 
 
 @pytest.fixture
@@ -929,6 +954,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Redis stays down this long (well within OMNIQUANT_REDIS__OUTAGE_WAIT_S, 20 s by default)
+OUTAGE_S = 5.0
+
+
 @pytest.mark.parametrize("stage", ["risk-gate", "execution"])
 def test_redis_restarted_mid_run_the_stage_goes_on_to_the_clean_runs_outputs(
     stage: str,
@@ -940,7 +969,8 @@ def test_redis_restarted_mid_run_the_stage_goes_on_to_the_clean_runs_outputs(
 ) -> None:
     """The stages that use Redis (the gate's exposure book and trading states, execution's
     submission reservations): Redis is stopped while the stage is busy, stays down until the
-    stage has met it down, and comes back empty (no persistence, as LocalRedis runs it)."""
+    stage has met it down and OUTAGE_S has passed, and comes back empty (no persistence, as
+    LocalRedis runs it). The stage waits it out and its outputs are the clean run's."""
     run = chaos_run(clean, stage, kafka_bootstrap, own_redis.url, tmp_path, "redis")
     ends = copied_ends(run, clean.records, list(STAGE_IO[stage][0]))
     offsets = Offsets(run.settings)
@@ -973,14 +1003,11 @@ def test_redis_restarted_mid_run_the_stage_goes_on_to_the_clean_runs_outputs(
         with contextlib.suppress(AssertionError):
             wait_for("the stage to meet the Redis outage", met, 20)
         hit = met()
+        # then a few seconds more: an outage the stage waits through, not a blip
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down)))
         own_redis.start()
-        if proc.poll() is not None:
-            error = [ln for ln in run.log_text(stage).splitlines() if "redis.exceptions" in ln]
-            pytest.xfail(
-                f"known bug: {stage} exits (code {proc.returncode}) when Redis goes away "
-                f"instead of waiting for it: {error[-1:]}"
-            )
         outage = time.monotonic() - down
+        assert proc.poll() is None, f"{stage} exited:\n{run.log_text(stage)[-3000:]}"
 
         def done() -> bool:
             assert proc.poll() is None, f"{stage} exited:\n{run.log_text(stage)[-3000:]}"
@@ -1000,9 +1027,6 @@ def test_redis_restarted_mid_run_the_stage_goes_on_to_the_clean_runs_outputs(
     )
     if stage == "execution":
         assert submissions == dict.fromkeys(approved, 1)
-    if stage == "risk-gate" and not all(d.exact for d in diffs.values()):
-        # one run, Redis down 20 s: 118 of 152 decisions differed, 38 of 65 approvals gone
-        pytest.xfail(f"the gate decides differently while Redis is down: {diffs}")
     assert_exact(stage, diffs)
 
 
