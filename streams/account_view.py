@@ -16,14 +16,18 @@ rate and duplicate client order ids are properties of a whole account. Two sourc
     The gate's own exposure per account and symbol, shared through Redis so every gate
     process (and every partition) sees the whole account: hash
     ``<prefix>gate:exposure:<account>``, field = symbol, value =
-    ``[worst-case position, price, margin rate]`` (raw; the worst case of working buys
-    and sells, see :class:`~streams.logic.risk.SymbolRiskState`). Each gate writes the exact state
-    of the symbols it owns, by overwriting (never incrementing), so a replay after a
-    crash writes the same values again. The order rate is a sorted set of approved
-    client order ids scored by event time; a client order id is claimed with ``SET NX``
-    whose value is the request's topic position, so a replayed request is recognised as
-    itself, not as a duplicate. Any Redis error is reported in the context and the gate
-    refuses the order (fail closed).
+    its last versions, each ``[topic, partition, offset, worst-case position, price, margin
+    rate]`` (raw; the worst case of working buys and sells, see
+    :class:`~streams.logic.risk.SymbolRiskState`), tagged with the input record that wrote
+    it. Each gate writes the exact state of the symbols it owns (never increments), and the
+    last version is the current one. At each assignment the gate drops the versions written
+    for records at or beyond its committed offsets (:meth:`ExposureBook.roll_back`): a
+    killed instance's writes past its last commit would otherwise be seen by the decisions
+    its successor makes again, ahead of their time; the replay writes them again. The
+    order rate is a sorted set of approved client order ids scored by event time; a client
+    order id is claimed with ``SET NX`` whose value is the request's topic position, so a
+    replayed request is recognised as itself, not as a duplicate. Any Redis error is
+    reported in the context and the gate refuses the order (fail closed).
 
     Redis may come back empty (restarted without persistence, failed over to a replica
     that had not caught up). Each gate process keeps a mirror of what it wrote (its
@@ -41,7 +45,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -197,12 +201,16 @@ class ExposureBook:
     """The gate's exposure per account and symbol, the order rate and client order ids,
     in Redis (see the module docstring)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, topics: Sequence[str] = ()) -> None:
         self.prefix = f"{settings.topic_prefix}gate:"
         self.client = redis_client(settings, "risk-gate", socket_timeout=2.0)
-        # what this process wrote, to write back into a Redis that lost it (module docstring)
+        # a version's input topic, as its index (the gate's input topics)
+        self._topic_ids = {topic: i for i, topic in enumerate(topics)}
+        # What this process wrote or last read back at an assignment (its versions as
+        # stored): the base of its next write of a symbol it owns, and what it writes back
+        # into a Redis that lost it (module docstring).
         self._alive_key = f"{self.prefix}alive:{uuid.uuid4().hex}"
-        self._exposures: dict[str, dict[str, str]] = {}  # account → symbol → value
+        self._exposures: dict[str, dict[str, str]] = {}  # account → symbol → stored value
         self._approvals: dict[str, dict[str, int]] = {}  # account → client order id → ts
         self._claims: OrderedDict[str, str] = OrderedDict()  # client order id → position
 
@@ -238,7 +246,10 @@ class ExposureBook:
         for field, raw in exposure.items():
             if field.decode() == symbol:
                 continue  # the gate's own state has this symbol exactly
-            worst, price, rate = json.loads(raw)
+            versions = _versions(raw)
+            if not versions:
+                continue
+            worst, price, rate = versions[-1][-3:]
             value = abs(mul(worst, price))
             gross += value
             margin += mul(value, rate)
@@ -277,24 +288,23 @@ class ExposureBook:
         return True
 
     def record(
-        self, account: str, symbol: str, worst: int, price: int | None, margin_rate: int
+        self,
+        account: str,
+        symbol: str,
+        worst: int,
+        price: int | None,
+        margin_rate: int,
+        at: tuple[str, int, int] = ("", 0, 0),
     ) -> None:
-        """The symbol's worst-case exposure in the account now (overwrites). Without a
-        price (no trade seen yet) the entry keeps the price it had."""
-        key = self._exposure_key(account)
-        mirrored = self._exposures.setdefault(account, {})
-        if worst == 0:
-            self.client.hdel(key, symbol)
-            mirrored.pop(symbol, None)
-            return
+        """The symbol's worst-case exposure in the account now, as of the input record
+        ``at`` (topic, partition, offset). Without a price (no trade seen yet) the entry
+        keeps the price it had."""
+        versions = self._stored(account, symbol)
         if price is None:
-            held = self.client.hget(key, symbol)
-            if held is None:
+            if not versions:
                 return  # nothing to value it at; the next trade's mark writes it
-            price = int(json.loads(held)[1])
-        value = json.dumps([worst, price, margin_rate])
-        self.client.hset(key, symbol, value)
-        mirrored[symbol] = value
+            price = int(versions[-1][-2])
+        self._write({(account, symbol): _add(versions, self._tag(at), worst, price, margin_rate)})
 
     def approved(self, account: str, client_order_id: str, ts_event: int) -> None:
         """Count an approved order in the account's order rate."""
@@ -308,16 +318,74 @@ class ExposureBook:
         for coid in [c for c, ts in mirrored.items() if ts < ts_event - _RATE_KEPT_NS]:
             del mirrored[coid]
 
-    def mark(self, entries: Iterable[tuple[str, str, int, int, int]]) -> None:
+    def mark(
+        self,
+        entries: Iterable[tuple[str, str, int, int, int]],
+        at: tuple[str, int, int] = ("", 0, 0),
+    ) -> None:
         """Re-value held symbols at a newer price: (account, symbol, worst, price, rate)."""
+        tag = self._tag(at)
+        self._write(
+            {
+                (account, symbol): _add(self._stored(account, symbol), tag, worst, price, rate)
+                for account, symbol, worst, price, rate in entries
+            }
+        )
+
+    def roll_back(self, committed: dict[tuple[str, int], int]) -> None:
+        """Drop the versions written for input records at or beyond ``committed`` (their
+        partitions' committed offsets at an assignment): processing resumes there and
+        writes them again, so a decision before then sees the book as it was at that
+        point, as the first run did, not as a killed instance left it."""
+        marks = {
+            (self._topic_ids[topic], partition): offset
+            for (topic, partition), offset in committed.items()
+            if topic in self._topic_ids and offset >= 0
+        }
+        self._exposures.clear()  # read back below: another process may have written since
+        dropped = 0
+        for key in self.client.scan_iter(match=f"{self.prefix}exposure:*", count=1000):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            account = name.removeprefix(f"{self.prefix}exposure:")
+            pipe = self.client.pipeline(transaction=False)
+            for field, raw in self.client.hgetall(key).items():
+                versions = _versions(raw)
+                kept = [v for v in versions if not _beyond(v, marks)]
+                if len(kept) < len(versions):
+                    dropped += len(versions) - len(kept)
+                    if kept:
+                        pipe.hset(key, field, json.dumps(kept))
+                    else:
+                        pipe.hdel(key, field)
+                if kept:
+                    symbol = field.decode() if isinstance(field, bytes) else str(field)
+                    self._exposures.setdefault(account, {})[symbol] = json.dumps(kept)
+            pipe.execute()
+        if dropped:
+            log.info(
+                "exposure book rolled back to the committed offsets",
+                extra={"versions_dropped": dropped},
+            )
+
+    def _tag(self, at: tuple[str, int, int]) -> list[int]:
+        topic, partition, offset = at
+        return [self._topic_ids.get(topic, -1), partition, offset]
+
+    def _stored(self, account: str, symbol: str) -> list[list[int]]:
+        """The symbol's versions: this process's own copy (it is the symbol's only writer
+        while it owns the partition; read back at each assignment), else Redis's."""
+        value: bytes | str | None = self._exposures.get(account, {}).get(symbol)
+        if value is None:
+            value = self.client.hget(self._exposure_key(account), symbol)
+        return _versions(value)
+
+    def _write(self, fields: dict[tuple[str, str], list[list[int]]]) -> None:
         pipe = self.client.pipeline(transaction=False)
-        written: list[tuple[str, str, str]] = []
-        for account, symbol, worst, price, rate in entries:
-            value = json.dumps([worst, price, rate])
+        values = {field: json.dumps(versions) for field, versions in fields.items()}
+        for (account, symbol), value in values.items():
             pipe.hset(self._exposure_key(account), symbol, value)
-            written.append((account, symbol, value))
         pipe.execute()
-        for account, symbol, value in written:
+        for (account, symbol), value in values.items():
             self._exposures.setdefault(account, {})[symbol] = value
 
     def _write_back(self) -> None:
@@ -348,3 +416,33 @@ class ExposureBook:
 
     def close(self) -> None:
         self.client.close()
+
+
+# A symbol's exposure in the book is a short history of versions, oldest first, each
+# [topic, partition, offset, worst, price, margin rate]: the input record that wrote it
+# (topic as the gate's index) and the values. The last is the current one; the rest let a
+# restarted gate roll the book back to its committed offsets (ExposureBook.roll_back).
+_VERSIONS_KEPT = 32
+
+
+def _versions(raw: bytes | str | None) -> list[list[int]]:
+    if raw is None:
+        return []
+    data = json.loads(raw)
+    if data and not isinstance(data[0], list):  # written before versions: [worst, price, rate]
+        return [[-1, 0, 0, *data]]
+    return [list(map(int, version)) for version in data]
+
+
+def _add(
+    versions: list[list[int]], tag: list[int], worst: int, price: int, rate: int
+) -> list[list[int]]:
+    """``versions`` with this one last (replacing one of the same input record)."""
+    kept = [v for v in versions if v[:3] != tag or tag[0] < 0]
+    kept.append([*tag, worst, price, rate])
+    return kept[-_VERSIONS_KEPT:]
+
+
+def _beyond(version: list[int], marks: dict[tuple[int, int], int]) -> bool:
+    mark = marks.get((version[0], version[1]))
+    return mark is not None and version[2] >= mark

@@ -156,7 +156,7 @@ class RiskGateProcessor:
                 rate = self.checker(account, "*", symbol).limits.account.margin_rate
                 entries.append((account, symbol, exposure.worst, price, rate))
             try:
-                self.book.mark(entries)
+                self.book.mark(entries, at=_at())
             except redis.RedisError as exc:
                 log.warning("exposure marks not written", extra={"error": repr(exc)})
 
@@ -186,6 +186,7 @@ class RiskGateProcessor:
             exposure.worst,
             int(market[0]) if market is not None else None,
             margin_rate,
+            at=_at(),
         )
 
     def _on_report(self, report: dict[str, Any], state: State[str, Any]) -> None:
@@ -269,8 +270,13 @@ class RiskGateProcessor:
 
 def _position() -> str:
     """The request's topic position: a replay of the same request carries the same."""
+    return ":".join(map(str, _at()))
+
+
+def _at() -> tuple[str, int, int]:
+    """The input record being processed: (topic, partition, offset)."""
     context = message_context()
-    return f"{context.topic}:{context.partition}:{context.offset}"
+    return context.topic, context.partition, context.offset
 
 
 def _approved_headers(value: Any, key: Any, ts: int, headers: Any) -> list[tuple[str, bytes]]:
@@ -297,11 +303,18 @@ def build(settings: Settings, name: str) -> StreamApp:
         consumer_extra={"fetch.wait.max.ms": 5},
         commit_interval=0.5,
     )
+    names = stream.names
+    book = ExposureBook(
+        settings, topics=(names.order_requests, names.trades, names.execution_reports)
+    )
+    # A restarted or rebalanced gate resumes at its committed offsets: the shared book goes
+    # back to that point too, so a decision made again sees what it saw the first time.
+    stream.on_assign(book.roll_back)
     processor = RiskGateProcessor(
         settings,
         TradingStateWatcher(settings).start(),
         AccountView(settings).start(),
-        ExposureBook(settings),
+        book,
     )
     records = (
         stream.dataframe("orders.requests")

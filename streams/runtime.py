@@ -254,6 +254,7 @@ class _ObservedApplication(Application):
     """
 
     health: AppHealth
+    assign_hooks: list[Callable[[dict[tuple[str, int], int]], None]]
 
     def _process_message(self, dataframe_composed: Any) -> None:
         health = self.health
@@ -265,6 +266,15 @@ class _ObservedApplication(Application):
 
     def _on_assign(self, consumer: Any, topic_partitions: list[TopicPartition]) -> None:
         super()._on_assign(consumer, topic_partitions)
+        if self.assign_hooks and topic_partitions:
+            data = self._topic_manager.non_changelog_topics
+            ours = [tp for tp in topic_partitions if tp.topic in data]
+            committed = {
+                (tp.topic, tp.partition): tp.offset
+                for tp in self._consumer.committed(partitions=ours, timeout=30)
+            }
+            for hook in self.assign_hooks:
+                hook(committed)
         self.health.assign(topic_partitions)
         self.health.recovering = self._state_manager.recovery_required
         self.health.heartbeat.beat()
@@ -710,6 +720,7 @@ class StreamApp:
             broker_availability_timeout=30.0,
         )
         self.app.health = self.health
+        self.app.assign_hooks = []
         consumer = self.app._consumer
         consumer.commit = commit_through_failover(consumer.commit)  # type: ignore[method-assign]
         if processing_guarantee == "exactly-once":
@@ -741,6 +752,12 @@ class StreamApp:
                 self.serde, model, self.name, self.health.timer
             ),
         )
+
+    def on_assign(self, hook: Callable[[dict[tuple[str, int], int]], None]) -> None:
+        """Call ``hook`` at each assignment, before any of its records is processed, with
+        the committed offset of every input partition assigned (negative: none yet): where
+        processing resumes, so state kept outside Kafka can be rolled back to it."""
+        self.app.assign_hooks.append(hook)
 
     def dataframe(self, logical_name: str) -> StreamingDataFrame:
         """A dataframe over a catalog topic whose undecodable records go to dead letters."""

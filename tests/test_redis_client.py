@@ -4,6 +4,7 @@ written back into a Redis that came back empty (streams.account_view)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -201,3 +202,48 @@ def test_the_gate_writes_its_book_back_into_a_redis_that_came_back_empty(
     assert Decimal(context(book).others_gross) / 10**9 == _gross(("300", "183"))
     book.close()
     other.close()
+
+
+def test_an_assignment_rolls_the_book_back_to_the_committed_offsets(
+    server: LocalRedis, tmp_path: Path
+) -> None:
+    """What a killed gate wrote for records beyond its commit is gone when the next one
+    resumes there; it writes the same again as it replays them, once each."""
+    settings = _settings(server, tmp_path, 20.0)
+    topics = ("t.orders.requests", "t.market.trades", "t.execution.reports")
+    killed = ExposureBook(settings, topics=topics)
+    rate, price = to_fixed("0.5"), to_fixed("10")
+    killed.record("acct", "AAA", to_fixed("100"), price, rate, at=(topics[1], 0, 10))
+    killed.record("acct", "AAA", to_fixed("300"), price, rate, at=(topics[0], 0, 4))  # beyond
+    killed.mark([("acct", "AAA", to_fixed("300"), to_fixed("11"), rate)], at=(topics[1], 0, 12))
+    killed.record("acct", "BBB", to_fixed("50"), price, rate, at=(topics[2], 1, 7))  # beyond
+    killed.record("acct", "CCC", to_fixed("-20"), price, rate, at=(topics[1], 2, 99))  # not ours
+    # written before the book kept versions: read as one, never rolled back
+    killed.client.hset(
+        f"{killed.prefix}exposure:acct", "OLD", f"[{to_fixed('5')}, {price}, {rate}]"
+    )
+    figures = AccountFigures(equity=to_fixed("1000000"))
+
+    def gross(book: ExposureBook) -> Decimal:
+        got = book.context(
+            account="acct", symbol="ZZZ", client_order_id="c", ts_event=1,
+            figures=figures, starting_cash=0,
+        )  # fmt: skip
+        assert got.error is None, got.error
+        return Decimal(got.others_gross) / 10**9
+
+    assert gross(killed) == _gross(("300", "11"), ("50", "10"), ("-20", "10"), ("5", "10"))
+    resumed = ExposureBook(settings, topics=topics)
+    # committed: requests p0 at 4, trades p0 at 11, reports p1 at 7 (p2 is another member's)
+    resumed.roll_back({(topics[0], 0): 4, (topics[1], 0): 11, (topics[2], 1): 7})
+    assert gross(resumed) == _gross(("100", "10"), ("-20", "10"), ("5", "10"))
+    # the replay writes the same again: as before the kill, each version once
+    resumed.record("acct", "AAA", to_fixed("300"), price, rate, at=(topics[0], 0, 4))
+    resumed.record("acct", "AAA", to_fixed("300"), price, rate, at=(topics[0], 0, 4))
+    resumed.mark([("acct", "AAA", to_fixed("300"), to_fixed("11"), rate)], at=(topics[1], 0, 12))
+    resumed.record("acct", "BBB", to_fixed("50"), price, rate, at=(topics[2], 1, 7))
+    assert gross(resumed) == gross(killed)
+    stored = killed.client.hget(f"{killed.prefix}exposure:acct", "AAA")
+    assert stored is not None and len(json.loads(stored)) == 3, stored
+    killed.close()
+    resumed.close()
