@@ -49,10 +49,15 @@ shows them; they pass once fixed):
   transactional id kept in each instance's state directory, so a restart aborts what its
   killed predecessor left open instead of blocking read_committed readers for
   transaction.timeout.ms; their kill loops pass.
-- the risk gate (exactly-once) repeats and loses nothing, but a request decided again after
-  a kill sees the shared Redis exposure book as the killed instance left it, with other
-  symbols' exposure from beyond the last commit: 12 of 152 decisions differed in
-  gross_leverage and buying_power (all still approved).
+- the risk gate (exactly-once) repeats and loses nothing and approves exactly the clean
+  run's orders, but 12 of 152 decisions differed in gross_leverage and buying_power. The
+  shared Redis book held what the killed instance wrote beyond its last commit: now rolled
+  back at each assignment (ExposureBook.roll_back). Still 83 and 109 of 152 differed in two
+  runs after that, by other symbols' marks (e.g. gross 110,351 against 110,295): Quix
+  orders records by timestamp only among the topics of one partition number, so the other
+  symbols' progress when an order is decided depends on how a restarted instance's fetches
+  interleave the partitions. Open; the fix is an account-level view that does not depend
+  on cross-partition progress (e.g. marks read as of the order's event time).
 - execution: no order submitted twice, fills exact; 50 of 130 execution reports differed.
   Some in how the NEW was learned (the submission's answer or the venue's stream event,
   whichever came first: fixed, the answer now comes first); the rest only in
@@ -70,6 +75,7 @@ shows them; they pass once fixed):
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import random
@@ -851,13 +857,40 @@ def known_gaps(
     fix (the gate's Redis book); anything else fails the test."""
     if stage == "risk-gate" and not all(d.exact for d in diffs.values()):
         # everything but the account-level checks must still be exact
-        assert_exact(stage, compare(clean, run, stage, drop_checks=BOOK_CHECKS))
+        without = compare(clean, run, stage, drop_checks=BOOK_CHECKS)
+        for logical, diff in without.items():
+            assert diff.repeats == diff.count - diff.clean == 0, f"{logical}: {diff!r}"
+            assert not diff.different and not diff.missing, f"{logical}: {diff!r}"
         changed = sum(len(d.different) for d in diffs.values())
+        # The book is rolled back to the committed offsets at each assignment; what still
+        # differs is the order the gate went through its partitions (Quix orders records
+        # by timestamp only among the topics of one partition number), and so how far
+        # the other symbols' marks had got when an order was decided.
         pytest.xfail(
-            f"known bug: after {stats.kills} SIGKILLs {changed} risk decisions differ in "
-            f"{sorted(BOOK_CHECKS)} only: the Redis exposure book keeps what killed instances "
-            "wrote past the last commit (other symbols' exposure ahead of the replayed order)"
+            f"known gap: after {stats.kills} SIGKILLs {changed} risk decisions differ in "
+            f"{sorted(BOOK_CHECKS)} only (other symbols' marks at decision time depend on "
+            "the order partitions are processed in); the first: "
+            f"{changed_checks(diffs['risk.decisions'])[:3]}"
         )
+
+
+def changed_checks(diff: Diff) -> list[tuple[str, str, str]]:
+    """(client order id, the clean run's message, this run's) of each check that differs
+    between a decision and the clean run's decision of the same order."""
+
+    def checks(content: str) -> tuple[str, dict[str, str]]:
+        value = ast.literal_eval(content)
+        return value["client_order_id"], {c["name"]: c["message"] for c in value["checks"]}
+
+    clean = dict(checks(content) for _, content in diff.missing)
+    out = []
+    for _, content in diff.different:
+        coid, got = checks(content)
+        want = clean.get(coid, {})
+        out += [
+            (coid, want.get(name, ""), msg) for name, msg in got.items() if want.get(name) != msg
+        ]
+    return out
 
 
 def assert_exact(stage: str, diffs: dict[str, Diff]) -> None:
