@@ -24,9 +24,10 @@ rate and duplicate client order ids are properties of a whole account. Two sourc
     for records at or beyond its committed offsets (:meth:`ExposureBook.roll_back`): a
     killed instance's writes past its last commit would otherwise be seen by the decisions
     its successor makes again, ahead of their time; the replay writes them again. The
-    order rate is a sorted set of approved client order ids scored by event time; a client
-    order id is claimed with ``SET NX`` whose value is the request's topic position, so a
-    replayed request is recognised as itself, not as a duplicate. Any Redis error is
+    order rate is a sorted set of approved client order ids (each tagged with its request's
+    position, rolled back the same way) scored by event time; a client order id is
+    claimed with ``SET NX`` whose value is the request's topic position, so a replayed
+    request is recognised as itself, not as a duplicate. Any Redis error is
     reported in the context and the gate refuses the order (fail closed).
 
     Redis may come back empty (restarted without persistence, failed over to a replica
@@ -69,6 +70,7 @@ _NS_PER_S = 1_000_000_000
 _COID_TTL_S = 7 * 24 * 3600  # a client order id stays taken for a week
 _RATE_KEPT_NS = 60 * _NS_PER_S  # approvals kept: a minute of event time (the check: 1 s)
 _MIRRORED_CLAIMS = 100_000  # the process's most recent claims it can write back
+_ALIVE_TTL_S = 7 * 24 * 3600  # a gate process's alive key outlives it this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +212,7 @@ class ExposureBook:
         # stored): the base of its next write of a symbol it owns, and what it writes back
         # into a Redis that lost it (module docstring).
         self._alive_key = f"{self.prefix}alive:{uuid.uuid4().hex}"
+        self._announced = False  # the alive key written once: from then on, gone = lost
         self._exposures: dict[str, dict[str, str]] = {}  # account → symbol → stored value
         self._approvals: dict[str, dict[str, int]] = {}  # account → client order id → ts
         self._claims: OrderedDict[str, str] = OrderedDict()  # client order id → position
@@ -236,10 +239,10 @@ class ExposureBook:
         else:
             equity, source = starting_cash, "starting cash, no portfolio snapshot yet"
         try:
-            alive, exposure, recent = self._read(account, ts_event)
+            alive, _, exposure, recent = self._read(account, ts_event)
             if not alive:  # first decision of this process, or Redis lost what it held
                 self._write_back()
-                _, exposure, recent = self._read(account, ts_event)
+                _, _, exposure, recent = self._read(account, ts_event)
         except redis.RedisError as exc:
             return AccountContext(equity=equity, equity_source=source, error=repr(exc))
         gross = margin = 0
@@ -254,12 +257,13 @@ class ExposureBook:
             gross += value
             margin += mul(value, rate)
         own = client_order_id.encode()
+        # members are "<client order id>|<topic>:<partition>:<offset>" (older ones: the id)
         return AccountContext(
             equity=equity,
             equity_source=source,
             others_gross=gross,
             others_margin=margin,
-            recent_orders=sum(1 for member in recent if member != own),
+            recent_orders=sum(1 for m in recent if (m.rpartition(b"|")[0] or m) != own),
             daily_loss=figures.daily_loss,
             drawdown=figures.drawdown,
         )
@@ -267,6 +271,7 @@ class ExposureBook:
     def _read(self, account: str, ts_event: int) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         pipe.exists(self._alive_key)
+        pipe.expire(self._alive_key, _ALIVE_TTL_S)  # kept while the process decides
         pipe.hgetall(self._exposure_key(account))
         pipe.zrangebyscore(self._rate_key(account), ts_event - _NS_PER_S + 1, ts_event)
         return list(pipe.execute())
@@ -306,17 +311,24 @@ class ExposureBook:
             price = int(versions[-1][-2])
         self._write({(account, symbol): _add(versions, self._tag(at), worst, price, margin_rate)})
 
-    def approved(self, account: str, client_order_id: str, ts_event: int) -> None:
-        """Count an approved order in the account's order rate."""
+    def approved(
+        self,
+        account: str,
+        client_order_id: str,
+        ts_event: int,
+        at: tuple[str, int, int] = ("", 0, 0),
+    ) -> None:
+        """Count an approved order in the account's order rate (its request at ``at``)."""
         key = self._rate_key(account)
+        member = f"{client_order_id}|{':'.join(map(str, self._tag(at)))}"
         pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(key, {client_order_id: ts_event})
+        pipe.zadd(key, {member: ts_event})
         pipe.zremrangebyscore(key, "-inf", ts_event - _RATE_KEPT_NS)
         pipe.execute()
         mirrored = self._approvals.setdefault(account, {})
-        mirrored[client_order_id] = ts_event
-        for coid in [c for c, ts in mirrored.items() if ts < ts_event - _RATE_KEPT_NS]:
-            del mirrored[coid]
+        mirrored[member] = ts_event
+        for old in [m for m, ts in mirrored.items() if ts < ts_event - _RATE_KEPT_NS]:
+            del mirrored[old]
 
     def mark(
         self,
@@ -361,10 +373,23 @@ class ExposureBook:
                     symbol = field.decode() if isinstance(field, bytes) else str(field)
                     self._exposures.setdefault(account, {})[symbol] = json.dumps(kept)
             pipe.execute()
+        # approvals of requests at or beyond the commit: decided again, counted again
+        for key in self.client.scan_iter(match=f"{self.prefix}rate:*", count=1000):
+            beyond = [
+                member
+                for member, _ in self.client.zscan_iter(key, count=1000)
+                if _beyond(_member_tag(member), marks)
+            ]
+            if beyond:
+                self.client.zrem(key, *beyond)
+                dropped += len(beyond)
+        for approvals in self._approvals.values():
+            for member in [m for m in approvals if _beyond(_member_tag(m), marks)]:
+                del approvals[member]
         if dropped:
             log.info(
                 "exposure book rolled back to the committed offsets",
-                extra={"versions_dropped": dropped},
+                extra={"entries_dropped": dropped},
             )
 
     def _tag(self, at: tuple[str, int, int]) -> list[int]:
@@ -400,10 +425,12 @@ class ExposureBook:
                 pipe.zadd(self._rate_key(account), approvals, nx=True)
         for coid, identity in self._claims.items():
             pipe.set(f"{self.prefix}coid:{coid}", identity, nx=True, ex=_COID_TTL_S)
-        pipe.set(self._alive_key, b"1", ex=_COID_TTL_S)
+        pipe.set(self._alive_key, b"1", ex=_ALIVE_TTL_S)
         pipe.execute()
-        entries = sum(map(len, self._exposures.values())) + len(self._claims)
-        if entries:
+        first, self._announced = not self._announced, True
+        # The first time announces the process (what it wrote before is written back all
+        # the same, silently); after that, a missing key means Redis lost what it held.
+        if not first:
             BOOK_WRITE_BACKS.inc()
             log.warning(
                 "Redis had lost the gate's book; wrote back what this process had written",
@@ -441,6 +468,14 @@ def _add(
     kept = [v for v in versions if v[:3] != tag or tag[0] < 0]
     kept.append([*tag, worst, price, rate])
     return kept[-_VERSIONS_KEPT:]
+
+
+def _member_tag(member: bytes | str) -> list[int]:
+    """The request tag of an order-rate member (none: [-1, 0, 0], never rolled back)."""
+    text = member.decode() if isinstance(member, bytes) else member
+    _, _, tag = text.rpartition("|")
+    parts = tag.split(":") if "|" in text else []
+    return [int(p) for p in parts] if len(parts) == 3 else [-1, 0, 0]
 
 
 def _beyond(version: list[int], marks: dict[tuple[int, int], int]) -> bool:

@@ -262,7 +262,7 @@ class RiskGateProcessor:
             rate = checker.limits.account.margin_rate
             try:
                 self._store_exposure(state, order.account, order.symbol, updated, rate)
-                self.book.approved(order.account, order.client_order_id, order.ts_event)
+                self.book.approved(order.account, order.client_order_id, order.ts_event, at=_at())
             except redis.RedisError as exc:
                 log.warning("exposure not shared", extra={"error": repr(exc)})
         return {"decision": decision.model_dump(), "order": request if approved else None}

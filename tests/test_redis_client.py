@@ -181,7 +181,10 @@ def test_the_gate_writes_its_book_back_into_a_redis_that_came_back_empty(
     book.mark([("acct", "BBB", to_fixed("-100"), to_fixed("14.1"), rate)])
     book.approved("acct", "c-1", ts - 10)
     assert book.claim("c-1", "orders.requests:0:7")
-    before = context(book)
+    with caplog.at_level(logging.WARNING, logger="streams.account_view"):
+        before = context(book)  # its first decision: nothing was lost
+    assert not any("wrote back" in r.getMessage() for r in caplog.records)
+    write_backs = REGISTRY.get_sample_value("omniquant_risk_book_write_backs_total") or 0.0
     assert Decimal(before.others_gross) / 10**9 == _gross(("200", "182.5"), ("-100", "14.1"))
     assert before.recent_orders == 1
 
@@ -197,6 +200,7 @@ def test_the_gate_writes_its_book_back_into_a_redis_that_came_back_empty(
     assert not other.claim("c-1", "orders.requests:0:9"), "the claim was written back"
     assert book.claim("c-1", "orders.requests:0:7"), "and is still this request's"
     assert any("wrote back" in r.getMessage() for r in caplog.records)
+    assert REGISTRY.get_sample_value("omniquant_risk_book_write_backs_total") == write_backs + 1
     # written back once: the next decision reads Redis as it is
     other.record("acct", "BBB", 0, None, rate)
     assert Decimal(context(book).others_gross) / 10**9 == _gross(("300", "183"))
@@ -222,27 +226,38 @@ def test_an_assignment_rolls_the_book_back_to_the_committed_offsets(
     killed.client.hset(
         f"{killed.prefix}exposure:acct", "OLD", f"[{to_fixed('5')}, {price}, {rate}]"
     )
+    ts = 1_381_152_661_000_000_000
+    killed.approved("acct", "c-1", ts - 5, at=(topics[0], 0, 3))
+    killed.approved("acct", "c-2", ts - 2, at=(topics[0], 0, 4))  # beyond
+    killed.approved("acct", "c-3", ts - 1, at=(topics[0], 1, 9))  # not ours
     figures = AccountFigures(equity=to_fixed("1000000"))
 
-    def gross(book: ExposureBook) -> Decimal:
+    def context(book: ExposureBook) -> AccountContext:
         got = book.context(
-            account="acct", symbol="ZZZ", client_order_id="c", ts_event=1,
+            account="acct", symbol="ZZZ", client_order_id="c-3", ts_event=ts,
             figures=figures, starting_cash=0,
         )  # fmt: skip
         assert got.error is None, got.error
-        return Decimal(got.others_gross) / 10**9
+        return got
+
+    def gross(book: ExposureBook) -> Decimal:
+        return Decimal(context(book).others_gross) / 10**9
 
     assert gross(killed) == _gross(("300", "11"), ("50", "10"), ("-20", "10"), ("5", "10"))
+    assert context(killed).recent_orders == 2  # c-1 and c-2; c-3 is the order itself
     resumed = ExposureBook(settings, topics=topics)
     # committed: requests p0 at 4, trades p0 at 11, reports p1 at 7 (p2 is another member's)
     resumed.roll_back({(topics[0], 0): 4, (topics[1], 0): 11, (topics[2], 1): 7})
     assert gross(resumed) == _gross(("100", "10"), ("-20", "10"), ("5", "10"))
+    assert context(resumed).recent_orders == 1  # c-2 is to be decided again
     # the replay writes the same again: as before the kill, each version once
     resumed.record("acct", "AAA", to_fixed("300"), price, rate, at=(topics[0], 0, 4))
     resumed.record("acct", "AAA", to_fixed("300"), price, rate, at=(topics[0], 0, 4))
     resumed.mark([("acct", "AAA", to_fixed("300"), to_fixed("11"), rate)], at=(topics[1], 0, 12))
     resumed.record("acct", "BBB", to_fixed("50"), price, rate, at=(topics[2], 1, 7))
+    resumed.approved("acct", "c-2", ts - 2, at=(topics[0], 0, 4))
     assert gross(resumed) == gross(killed)
+    assert context(resumed).recent_orders == 2
     stored = killed.client.hget(f"{killed.prefix}exposure:acct", "AAA")
     assert stored is not None and len(json.loads(stored)) == 3, stored
     killed.close()
