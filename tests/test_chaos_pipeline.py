@@ -52,8 +52,9 @@ shows them; they pass once fixed):
 - the risk gate (exactly-once) repeats and loses nothing and approves exactly the clean
   run's orders, but 12 of 152 decisions differed in gross_leverage and buying_power. The
   shared Redis book held what the killed instance wrote beyond its last commit: now rolled
-  back at each assignment (ExposureBook.roll_back). Still 83 and 109 of 152 differed in two
-  runs after that, by other symbols' marks (e.g. gross 110,351 against 110,295): Quix
+  back at each assignment (ExposureBook.roll_back). Still 83, 109 and 131 of 152 differed
+  in three runs with it (106 in one without), by other symbols' marks (e.g. gross 110,351
+  against 110,295): Quix
   orders records by timestamp only among the topics of one partition number, so the other
   symbols' progress when an order is decided depends on how a restarted instance's fetches
   interleave the partitions. Open; the fix is an account-level view that does not depend
