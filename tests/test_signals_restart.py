@@ -174,8 +174,8 @@ def _settled_ends(settings: Settings, topic: str, timeout_s: float = 120.0) -> d
             }
             if stable == high or time.monotonic() > deadline:
                 behind = sum(high[p] - stable[p] for p in stable)
-                print(f"{topic}: waited {time.monotonic() - started:.1f} s for open "
-                      f"transactions; {behind} records still behind the stable offsets")  # fmt: skip
+                waited = time.monotonic() - started
+                print(f"{topic}: waited {waited:.1f} s for open transactions; {behind} behind")
                 return stable
             time.sleep(1.0)
     finally:
