@@ -131,6 +131,18 @@ def redis_url(stack_state_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[LocalRedis]:
+    """A redis-server of this test's own, to stop and start again (the session's
+    ``redis_url`` is shared: it is not to be restarted)."""
+    server = LocalRedis(tmp_path / "redis", port=_free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
 def chdb_dir(tmp_path: Path) -> Path:
     """A fresh chDB data directory for this test (not created yet)."""
     return tmp_path / "chdb"

@@ -971,17 +971,6 @@ def test_execution_killed_20_times_submits_each_order_once(
     print(f"[chaos] execution: {len(reports.different)} reports learned by reconciliation")
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[LocalRedis]:
-    """A Redis of this test's own (the session's is shared: it is not to be restarted)."""
-    server = LocalRedis(tmp_path / "redis", port=_free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

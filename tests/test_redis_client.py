@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -28,26 +26,9 @@ from streams.logic.account_checks import AccountContext
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[LocalRedis]:
-    """A redis-server of this test's own: it is stopped and started again."""
-    local = LocalRedis(tmp_path / "redis", port=_free_port())
-    local.start()
-    try:
-        yield local
-    finally:
-        local.stop()
-
-
-def _settings(server: LocalRedis, tmp_path: Path, wait_s: float) -> Settings:
+def _settings(own_redis: LocalRedis, tmp_path: Path, wait_s: float) -> Settings:
     return load_settings(
-        redis={"url": server.url, "outage_wait_s": wait_s},
+        redis={"url": own_redis.url, "outage_wait_s": wait_s},
         topic_prefix="t-redis-client.",
         state_dir=tmp_path / "state",
     )
@@ -57,21 +38,21 @@ def _retries(role: str) -> float:
     return REGISTRY.get_sample_value("omniquant_redis_retries_total", {"role": role}) or 0.0
 
 
-def _start_later(server: LocalRedis, delay_s: float) -> threading.Thread:
-    thread = threading.Thread(target=lambda: (time.sleep(delay_s), server.start()))
+def _start_later(own_redis: LocalRedis, delay_s: float) -> threading.Thread:
+    thread = threading.Thread(target=lambda: (time.sleep(delay_s), own_redis.start()))
     thread.start()
     return thread
 
 
 def test_a_command_issued_while_redis_is_down_succeeds_once_it_is_back(
-    server: LocalRedis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    own_redis: LocalRedis, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = redis_client(_settings(server, tmp_path, 20.0), "execution", socket_timeout=2.0)
+    client = redis_client(_settings(own_redis, tmp_path, 20.0), "execution", socket_timeout=2.0)
     assert client.set("k", b"before")
     before = _retries("execution")
-    server.stop()
-    assert not server.answers()
-    restart = _start_later(server, 1.5)
+    own_redis.stop()
+    assert not own_redis.answers()
+    restart = _start_later(own_redis, 1.5)
     try:
         with caplog.at_level(logging.WARNING, logger="core.redis_client"):
             # The server came back empty (no persistence): the key is gone, the command works.
@@ -87,12 +68,12 @@ def test_a_command_issued_while_redis_is_down_succeeds_once_it_is_back(
 
 
 def test_the_gate_claims_an_order_id_through_a_redis_restart(
-    server: LocalRedis, tmp_path: Path
+    own_redis: LocalRedis, tmp_path: Path
 ) -> None:
-    book = ExposureBook(_settings(server, tmp_path, 20.0))
+    book = ExposureBook(_settings(own_redis, tmp_path, 20.0))
     before = _retries("risk-gate")
-    server.stop()
-    restart = _start_later(server, 1.0)
+    own_redis.stop()
+    restart = _start_later(own_redis, 1.0)
     try:
         assert book.claim("coid-1", "orders.requests/0/7")
     finally:
@@ -103,11 +84,11 @@ def test_the_gate_claims_an_order_id_through_a_redis_restart(
 
 
 def test_the_error_reaches_the_caller_after_the_configured_wait(
-    server: LocalRedis, tmp_path: Path
+    own_redis: LocalRedis, tmp_path: Path
 ) -> None:
-    client = redis_client(_settings(server, tmp_path, 1.0), "risk-gate", socket_timeout=2.0)
+    client = redis_client(_settings(own_redis, tmp_path, 1.0), "risk-gate", socket_timeout=2.0)
     client.ping()
-    server.stop()
+    own_redis.stop()
     before = _retries("risk-gate")
     started = time.monotonic()
     with pytest.raises(redis.ConnectionError):
@@ -122,9 +103,9 @@ def test_the_error_reaches_the_caller_after_the_configured_wait(
         client.get("k")
     assert _retries("risk-gate") == after
     # Back up, then down again: a new outage, with a wait of its own.
-    server.start()
+    own_redis.start()
     assert client.get("k") is None
-    server.stop()
+    own_redis.stop()
     with pytest.raises(redis.ConnectionError):
         client.get("k")
     assert _retries("risk-gate") > after
@@ -132,11 +113,11 @@ def test_the_error_reaches_the_caller_after_the_configured_wait(
 
 
 def test_no_wait_means_the_first_error_reaches_the_caller(
-    server: LocalRedis, tmp_path: Path
+    own_redis: LocalRedis, tmp_path: Path
 ) -> None:
-    client = redis_client(_settings(server, tmp_path, 0.0), "execution", socket_timeout=2.0)
+    client = redis_client(_settings(own_redis, tmp_path, 0.0), "execution", socket_timeout=2.0)
     client.ping()
-    server.stop()
+    own_redis.stop()
     before = _retries("execution")
     with pytest.raises(redis.ConnectionError):
         client.get("k")
@@ -158,9 +139,9 @@ def _gross(*entries: tuple[str, str]) -> Decimal:
 
 
 def test_the_gate_writes_its_book_back_into_a_redis_that_came_back_empty(
-    server: LocalRedis, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    own_redis: LocalRedis, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = _settings(server, tmp_path, 20.0)
+    settings = _settings(own_redis, tmp_path, 20.0)
     book, other = ExposureBook(settings), ExposureBook(settings)  # two gate processes
     rate = to_fixed("0.5")
     ts = 1_381_152_661_000_000_000
@@ -188,8 +169,8 @@ def test_the_gate_writes_its_book_back_into_a_redis_that_came_back_empty(
     assert Decimal(before.others_gross) / 10**9 == _gross(("200", "182.5"), ("-100", "14.1"))
     assert before.recent_orders == 1
 
-    server.stop()
-    server.start()  # empty: no persistence
+    own_redis.stop()
+    own_redis.start()  # empty: no persistence
     assert context(other).others_gross == 0, "Redis came back empty"
     # another process writes AAA anew before this one notices: its value stays
     other.record("acct", "AAA", to_fixed("300"), to_fixed("183"), rate)
@@ -209,11 +190,11 @@ def test_the_gate_writes_its_book_back_into_a_redis_that_came_back_empty(
 
 
 def test_an_assignment_rolls_the_book_back_to_the_committed_offsets(
-    server: LocalRedis, tmp_path: Path
+    own_redis: LocalRedis, tmp_path: Path
 ) -> None:
     """What a killed gate wrote for records beyond its commit is gone when the next one
     resumes there; it writes the same again as it replays them, once each."""
-    settings = _settings(server, tmp_path, 20.0)
+    settings = _settings(own_redis, tmp_path, 20.0)
     topics = ("t.orders.requests", "t.market.trades", "t.execution.reports")
     killed = ExposureBook(settings, topics=topics)
     rate, price = to_fixed("0.5"), to_fixed("10")
@@ -262,3 +243,4 @@ def test_an_assignment_rolls_the_book_back_to_the_committed_offsets(
     assert stored is not None and len(json.loads(stored)) == 3, stored
     killed.close()
     resumed.close()
+
