@@ -249,7 +249,13 @@ class ExposureBook:
         for field, raw in exposure.items():
             if field.decode() == symbol:
                 continue  # the gate's own state has this symbol exactly
-            versions = _versions(raw)
+            try:
+                versions = _versions(raw)
+            except MalformedBookEntry as exc:
+                # fail closed: an account figure that cannot be read refuses the order
+                key = self._exposure_key(account)
+                error = f"{key} field {field.decode()!r}: {exc}"
+                return AccountContext(equity=equity, equity_source=source, error=error)
             if not versions:
                 continue
             worst, price, rate = versions[-1][-3:]
@@ -361,7 +367,10 @@ class ExposureBook:
             account = name.removeprefix(f"{self.prefix}exposure:")
             pipe = self.client.pipeline(transaction=False)
             for field, raw in self.client.hgetall(key).items():
-                versions = _versions(raw)
+                try:
+                    versions = _versions(raw)
+                except MalformedBookEntry:
+                    continue  # left for the decisions to refuse on and the owner to rewrite
                 kept = [v for v in versions if not _beyond(v, marks)]
                 if len(kept) < len(versions):
                     dropped += len(versions) - len(kept)
@@ -402,7 +411,16 @@ class ExposureBook:
         value: bytes | str | None = self._exposures.get(account, {}).get(symbol)
         if value is None:
             value = self.client.hget(self._exposure_key(account), symbol)
-        return _versions(value)
+        try:
+            return _versions(value)
+        except MalformedBookEntry as exc:
+            # This process owns the symbol and knows its exact state: the write that follows
+            # replaces what cannot be read (a history lost, not a figure).
+            log.warning(
+                "unreadable exposure entry replaced",
+                extra={"key": self._exposure_key(account), "symbol": symbol, "error": str(exc)},
+            )
+            return []
 
     def _write(self, fields: dict[tuple[str, str], list[list[int]]]) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -452,13 +470,25 @@ class ExposureBook:
 _VERSIONS_KEPT = 32
 
 
+class MalformedBookEntry(ValueError):
+    """An exposure entry in Redis that is not a version list (written by something else)."""
+
+
 def _versions(raw: bytes | str | None) -> list[list[int]]:
     if raw is None:
         return []
-    data = json.loads(raw)
-    if data and not isinstance(data[0], list):  # written before versions: [worst, price, rate]
-        return [[-1, 0, 0, *data]]
-    return [list(map(int, version)) for version in data]
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, list):
+            raise TypeError(f"a JSON {type(data).__name__}")
+        if data and not isinstance(data[0], list):  # before versions: [worst, price, rate]
+            data = [[-1, 0, 0, *data]]
+        versions = [[int(v) for v in version] for version in data]
+    except (ValueError, TypeError) as exc:
+        raise MalformedBookEntry(f"not a list of exposure versions ({exc})") from None
+    if any(len(version) != 6 for version in versions):
+        raise MalformedBookEntry("not a list of exposure versions (a version is 6 integers)")
+    return versions
 
 
 def _add(
@@ -475,7 +505,10 @@ def _member_tag(member: bytes | str) -> list[int]:
     text = member.decode() if isinstance(member, bytes) else member
     _, _, tag = text.rpartition("|")
     parts = tag.split(":") if "|" in text else []
-    return [int(p) for p in parts] if len(parts) == 3 else [-1, 0, 0]
+    try:
+        return [int(p) for p in parts] if len(parts) == 3 else [-1, 0, 0]
+    except ValueError:
+        return [-1, 0, 0]  # not one of ours: never rolled back
 
 
 def _beyond(version: list[int], marks: dict[tuple[int, int], int]) -> bool:

@@ -244,3 +244,30 @@ def test_an_assignment_rolls_the_book_back_to_the_committed_offsets(
     killed.close()
     resumed.close()
 
+
+@pytest.mark.parametrize("garbage", ["not json", '{"worst": 1}', "[[1, 2]]", '["a", "b", "c"]'])
+def test_an_unreadable_book_entry_refuses_the_order_and_its_owner_rewrites_it(
+    own_redis: LocalRedis, tmp_path: Path, garbage: str
+) -> None:
+    """Something else wrote into the gate's hash: an order that needs the account's gross
+    exposure is refused with the key named (fail closed) instead of ending the stage, and
+    the gate that owns the symbol replaces the entry at its next write."""
+    book = ExposureBook(_settings(own_redis, tmp_path, 20.0))
+    price, rate = to_fixed("10"), to_fixed("0.5")
+    book.record("acct", "AAA", to_fixed("100"), price, rate)
+    book.client.hset(f"{book.prefix}exposure:acct", "BAD", garbage)
+    book.client.zadd(f"{book.prefix}rate:acct", {"someone|else:x:y": 1})  # not one of ours
+
+    def context() -> AccountContext:
+        return book.context(
+            account="acct", symbol="ZZZ", client_order_id="c-1", ts_event=2,
+            figures=AccountFigures(equity=to_fixed("1000000")), starting_cash=0,
+        )  # fmt: skip
+
+    refused = context()
+    assert refused.error is not None and "exposure:acct field 'BAD'" in refused.error
+    book.roll_back({("t.orders.requests", 0): 0})  # neither the entry nor the member stop it
+    owner = ExposureBook(_settings(own_redis, tmp_path, 20.0))
+    owner.record("acct", "BAD", to_fixed("-20"), price, rate)
+    assert context().error is None
+    assert Decimal(context().others_gross) / 10**9 == _gross(("100", "10"), ("-20", "10"))
