@@ -72,6 +72,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+_SECRET_FILE_NAME = "sasl_password_file (OMNIQUANT_KAFKA__SASL_PASSWORD_FILE)"  # noqa: S105 (a name)
+
+
 class KafkaSettings(_Section):
     """Kafka client settings; passed through to librdkafka."""
 
@@ -83,6 +86,11 @@ class KafkaSettings(_Section):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = Field(
+        default=None,
+        description="a file holding the SASL password (a mounted Docker or Kubernetes "
+        "secret), read at start; instead of sasl_password",
+    )
     ssl_ca_location: Path | None = None
     ssl_certificate_location: Path | None = None
     ssl_key_location: Path | None = None
@@ -117,6 +125,25 @@ class KafkaSettings(_Section):
         "commit, abort) has not returned after this long exits with code 75 and is started "
         "again (librdkafka can block there for good after a coordinator's broker dies)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_password_file(cls, data: Any) -> Any:
+        """``sasl_password`` from ``sasl_password_file`` (a trailing newline is not part of
+        it); the error names the file, never its content."""
+        if not isinstance(data, dict) or data.get("sasl_password_file") in (None, ""):
+            return data
+        if data.get("sasl_password") not in (None, ""):
+            raise ValueError(f"set sasl_password or {_SECRET_FILE_NAME}, not both")
+        path = Path(data["sasl_password_file"])
+        try:
+            password = path.read_text().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise ValueError(f"{_SECRET_FILE_NAME}: cannot read {path}: {reason}") from None
+        if not password:
+            raise ValueError(f"{_SECRET_FILE_NAME}: {path} is empty")
+        return {**data, "sasl_password": password}
 
     @model_validator(mode="after")
     def _check_security(self) -> KafkaSettings:

@@ -64,6 +64,31 @@ def test_sasl_without_credentials_is_rejected(monkeypatch) -> None:
         load_settings()
 
 
+def test_the_sasl_password_can_come_from_a_file_a_mounted_secret(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("OMNIQUANT_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("OMNIQUANT_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("OMNIQUANT_KAFKA__SASL_USERNAME", "risk-gate")
+    secret = tmp_path / "risk-gate"
+    secret.write_text("file-secret-42\n")  # as `kubectl create secret --from-file` leaves it
+    monkeypatch.setenv("OMNIQUANT_KAFKA__SASL_PASSWORD_FILE", str(secret))
+    s = load_settings()
+    assert s.kafka_client_config()["sasl.password"] == "file-secret-42"
+    assert "file-secret-42" not in repr(s) + s.model_dump_json()
+    for content, reason in (("", "is empty"), (None, "No such file")):
+        if content is None:
+            secret.unlink()
+        else:
+            secret.write_text(content)
+        with pytest.raises(ConfigError, match="sasl_password_file") as exc:
+            load_settings()
+        assert reason in str(exc.value)
+    secret.write_text("file-secret-42")
+    monkeypatch.setenv("OMNIQUANT_KAFKA__SASL_PASSWORD", "env-secret")
+    with pytest.raises(ConfigError, match="not both") as exc:
+        load_settings()
+    assert "env-secret" not in str(exc.value) and "file-secret-42" not in str(exc.value)
+
+
 def test_fast_window_must_be_below_slow_window(monkeypatch) -> None:
     monkeypatch.setenv("OMNIQUANT_STRATEGY__FAST_WINDOW", "30")
     with pytest.raises(ConfigError, match="OMNIQUANT_STRATEGY"):
