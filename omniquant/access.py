@@ -11,7 +11,9 @@ cannot write orders, and only the risk gate can write approved orders, only exec
 
 On the local stack (:class:`~omniquant.stack.secure.StackSecrets`) each principal's password
 is generated once and kept 0600 in the state dir; :func:`component_settings` hands a
-component its own identity, and :func:`ensure_access` makes the SCRAM users and ACLs.
+component its own identity, and :func:`ensure_access` makes the SCRAM users and ACLs. A
+deployment (compose, k8s) keeps the same files in a directory of its own (`omniquant secure
+init`), and :func:`apply_access` makes its users and ACLs (`omniquant secure apply`).
 """
 
 from __future__ import annotations
@@ -37,17 +39,21 @@ from pydantic import SecretStr
 from core.config import Settings
 from core.errors import ConfigError, StackError
 from core.topics import FEEDS_DEAD_LETTERS, TopicNames
-from omniquant.stack.secure import ADMIN, MECHANISM, SUPER_USERS, StackSecrets
+from omniquant.stack.secure import ADMIN, MECHANISM, SUPER_USERS, MountedSecrets, StackSecrets
 from omniquant.stages import STAGES, StageSpec
 
 __all__ = [
     "COMPONENTS",
     "Grant",
     "acl_bindings",
+    "apply_access",
     "component_settings",
     "ensure_access",
     "grants",
 ]
+
+# the local stack's files, or a deployment's as its containers mount them
+Credentials = StackSecrets | MountedSecrets
 
 # Producers that are not registry stages, and what they write.
 _MARKET_WRITERS: dict[str, tuple[str, ...]] = {
@@ -147,21 +153,26 @@ def component_settings(settings: Settings, component: str) -> Settings:
 
 
 def _as_component(settings: Settings, component: str) -> Settings:
-    if component not in COMPONENTS and component not in SUPER_USERS:
-        raise ConfigError(f"no Kafka principal for {component!r}; known: {', '.join(COMPONENTS)}")
     stack_secrets = StackSecrets(settings.state_dir)
     if not stack_secrets.exists():
         raise ConfigError(
             "OMNIQUANT_STACK__KAFKA_SECURE is set but "
             f"{stack_secrets.directory} has no CA or credentials: run `omniquant up --secure`"
         )
+    return _with_identity(settings, stack_secrets, component)
+
+
+def _with_identity(settings: Settings, secrets_: Credentials, component: str) -> Settings:
+    """``settings`` as ``component`` on a cluster secured with ``secrets_``."""
+    if component not in COMPONENTS and component not in SUPER_USERS:
+        raise ConfigError(f"no Kafka principal for {component!r}; known: {', '.join(COMPONENTS)}")
     kafka = settings.kafka.model_copy(
         update={
             "security_protocol": "SASL_SSL",
             "sasl_mechanism": MECHANISM,
             "sasl_username": component,
-            "sasl_password": SecretStr(stack_secrets.password(component)),
-            "ssl_ca_location": stack_secrets.ca_path,
+            "sasl_password": SecretStr(secrets_.password(component)),
+            "ssl_ca_location": secrets_.ca_path,
             "client_id": f"omniquant-{component}",
         }
     )
@@ -174,16 +185,28 @@ def ensure_access(settings: Settings, timeout: float = 30.0) -> tuple[int, int]:
     Returns (users created, ACL bindings). Does nothing elsewhere: (0, 0)."""
     if not local_secure(settings):
         return (0, 0)
-    stack_secrets = StackSecrets(settings.state_dir)
-    admin = AdminClient(dict(_as_component(settings, ADMIN).kafka_client_config()))
-    created = _ensure_users(admin, stack_secrets, COMPONENTS, timeout)
-    bindings = acl_bindings(settings.topic_prefix)
+    return apply_access(_as_component(settings, ADMIN), StackSecrets(settings.state_dir), timeout)
+
+
+def apply_access(
+    admin_settings: Settings, secrets_: Credentials, timeout: float = 30.0
+) -> tuple[int, int]:
+    """As the operator (``admin_settings``: a super user's credentials): every component's
+    SCRAM user with its password in ``secrets_`` (those missing) and the ACLs of
+    ``admin_settings.topic_prefix``'s namespace; waits until they are in effect. Returns
+    (users created, ACL bindings). The local stack's :func:`ensure_access`, and
+    `omniquant secure apply` on a deployment (compose, k8s)."""
+    admin = AdminClient(dict(admin_settings.kafka_client_config()))
+    created = _ensure_users(admin, secrets_, COMPONENTS, timeout)
+    bindings = acl_bindings(admin_settings.topic_prefix)
     _wait_all(admin.create_acls(bindings, request_timeout=timeout), "create ACLs", timeout)
-    _wait_effective(settings, admin, timeout)
+    _wait_effective(admin_settings, secrets_, admin, timeout)
     return (created, len(bindings))
 
 
-def _wait_effective(settings: Settings, admin: AdminClient, timeout: float) -> None:
+def _wait_effective(
+    settings: Settings, secrets_: Credentials, admin: AdminClient, timeout: float
+) -> None:
     """Until each principal sees the existing topics it was granted: brokers apply new ACLs
     from the metadata log a moment after they are created, and a component started in that
     moment would find its topics "missing"."""
@@ -195,7 +218,8 @@ def _wait_effective(settings: Settings, admin: AdminClient, timeout: float) -> N
             wanted.setdefault(grant.principal, set()).add(grant.name)
     deadline = time.monotonic() + timeout
     for principal, topics in wanted.items():
-        client = AdminClient(dict(_as_component(settings, principal).kafka_client_config()))
+        as_principal = _with_identity(settings, secrets_, principal)
+        client = AdminClient(dict(as_principal.kafka_client_config()))
         while not topics <= set(client.list_topics(timeout=timeout).topics):
             if time.monotonic() > deadline:
                 raise StackError(f"the ACLs of {principal!r} did not take effect in {timeout} s")
@@ -203,7 +227,7 @@ def _wait_effective(settings: Settings, admin: AdminClient, timeout: float) -> N
 
 
 def _ensure_users(
-    admin: AdminClient, stack_secrets: StackSecrets, users: Iterable[str], timeout: float
+    admin: AdminClient, stack_secrets: Credentials, users: Iterable[str], timeout: float
 ) -> int:
     users = list(users)
     existing: set[str] = set()

@@ -43,6 +43,11 @@ config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is
 app.add_typer(topics_app, name="topics")
 app.add_typer(stage_app, name="stage")
 app.add_typer(config_app, name="config")
+secure_app = typer.Typer(
+    help="A secured deployment's certificates, passwords and ACLs (compose, k8s).",
+    no_args_is_help=True,
+)
+app.add_typer(secure_app, name="secure")
 
 # Off a terminal (CI, logs) rich would wrap at 80 columns; tables need more.
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -784,6 +789,57 @@ def config_show() -> None:
         "chdb_path": str(settings.chdb_path),
     }
     console.print_json(json.dumps(doc, default=str))
+
+
+# ---- secure deployments ---------------------------------------------------------------
+@secure_app.command("init")
+def secure_init(
+    directory: Annotated[Path, typer.Argument(help="where the files go (made 0700)")],
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="a name clients reach the broker by (default: kafka)"),
+    ] = None,
+) -> None:
+    """A CA, the broker's certificate and a SCRAM password per component, as files to mount
+    (see README, Secure mode in containers). Kept when they exist; no secret is printed."""
+    from omniquant.access import COMPONENTS
+    from omniquant.stack.secure import StackSecrets, export_for_containers
+
+    hosts = tuple(host or ["kafka"])
+    secrets_ = StackSecrets.in_directory(directory)
+    files = export_for_containers(secrets_, list(COMPONENTS), hosts)
+    console.print(f"{secrets_.directory}: CA, broker key store for {', '.join(hosts)}, ")
+    console.print(f"{len(files) - 2} passwords: " + ", ".join(f.name for f in files[2:]))
+
+
+@secure_app.command("apply")
+def secure_apply(
+    secrets_dir: Annotated[
+        Path,
+        typer.Option(
+            "--secrets", help="where the container has kafka-ca and kafka-password-<component>"
+        ),
+    ] = Path("/run/secrets"),
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the broker, the ACLs")] = 60.0,
+) -> None:
+    """As the operator (OMNIQUANT_KAFKA__SASL_USERNAME=admin and its password): every
+    component's SCRAM user, with its password as mounted, and the ACLs of
+    OMNIQUANT_TOPIC_PREFIX's namespace (the compose and k8s `access` job)."""
+    from core.kafka import wait_for_broker
+    from omniquant.access import apply_access
+    from omniquant.stack.secure import MountedSecrets
+
+    settings = _settings(None)
+    mounted = MountedSecrets(secrets_dir)
+    try:
+        wait_for_broker(settings, timeout=timeout)
+        users, acls = apply_access(settings, mounted, timeout)
+    except ConfigError as exc:
+        raise _fail(exc, 2) from None
+    except OmniquantError as exc:
+        raise _fail(exc) from None
+    prefix = settings.topic_prefix
+    console.print(f"{users} SCRAM user(s) created; {acls} ACL binding(s) of {prefix!r}")
 
 
 def quiet_third_party_warnings() -> None:

@@ -23,6 +23,7 @@ import os
 import secrets
 from pathlib import Path
 
+from core.errors import ConfigError
 from omniquant.stack.tls import CertificateAuthority, IssuedCertificate, write_private
 
 __all__ = [
@@ -30,8 +31,10 @@ __all__ = [
     "BROKER",
     "MECHANISM",
     "SUPER_USERS",
+    "MountedSecrets",
     "StackSecrets",
     "broker_security_properties",
+    "export_for_containers",
 ]
 
 MECHANISM = "SCRAM-SHA-512"
@@ -46,10 +49,18 @@ _PRINCIPAL_RULES = "RULE:^CN=([a-zA-Z0-9._-]+)$/$1/,DEFAULT"
 class StackSecrets:
     """CA, broker certificate and SCRAM passwords of one state directory, made on first use."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.directory = state_dir.resolve() / "kafka" / "secure"
+    def __init__(self, state_dir: Path, *, directory: Path | None = None) -> None:
+        """The local stack's (``<state_dir>/kafka/secure``), or those of a deployment in a
+        ``directory`` of its own (`omniquant secure init`)."""
+        self.directory = (
+            directory.resolve() if directory else state_dir.resolve() / "kafka" / "secure"
+        )
         self.ca = CertificateAuthority(self.directory)
         self.credentials_path = self.directory / "credentials.json"
+
+    @classmethod
+    def in_directory(cls, directory: Path) -> StackSecrets:
+        return cls(directory, directory=directory)
 
     @property
     def ca_path(self) -> Path:
@@ -58,18 +69,19 @@ class StackSecrets:
     def exists(self) -> bool:
         return self.ca.cert_path.is_file() and self.credentials_path.is_file()
 
-    def ensure(self) -> StackSecrets:
-        """The CA, the broker's certificate and the broker's and admin's passwords."""
+    def ensure(self, hosts: tuple[str, ...] = ()) -> StackSecrets:
+        """The CA, the broker's certificate (valid for localhost and ``hosts``) and the
+        broker's and admin's passwords."""
         self.directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
         self.ca.ensure()
-        self.broker_certificate()
+        self.broker_certificate(hosts)
         self.passwords(SUPER_USERS)
         return self
 
-    def broker_certificate(self) -> IssuedCertificate:
+    def broker_certificate(self, hosts: tuple[str, ...] = ()) -> IssuedCertificate:
         """The nodes' certificate, issued once (reissuing would change it under a running
-        cluster)."""
+        cluster), valid for localhost and ``hosts``."""
         issued = IssuedCertificate(
             BROKER,
             cert=self.directory / f"{BROKER}.crt",
@@ -78,7 +90,7 @@ class StackSecrets:
         )
         if issued.bundle.is_file() and issued.cert.is_file():
             return issued
-        return self.ca.issue(BROKER, server=True)
+        return self.ca.issue(BROKER, server=True, hosts=hosts)
 
     def _load(self) -> dict[str, str]:
         try:
@@ -103,6 +115,61 @@ class StackSecrets:
 
     def password(self, principal: str) -> str:
         return self.passwords([principal])[principal]
+
+
+class MountedSecrets:
+    """What a deployment's container sees of :func:`export_for_containers`' files, mounted
+    one by one (compose ``secrets:``, a Kubernetes Secret volume) into ``directory``:
+    ``kafka-ca`` and ``kafka-password-<principal>``. Read only: a missing one is an error."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @property
+    def ca_path(self) -> Path:
+        return self.directory / "kafka-ca"
+
+    def exists(self) -> bool:
+        return self.ca_path.is_file()
+
+    def password(self, principal: str) -> str:
+        path = self.directory / f"kafka-password-{principal}"
+        try:
+            password = path.read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"{path}: the password of {principal!r} ({exc.strerror})") from None
+        if not password:
+            raise ConfigError(f"{path}: the password of {principal!r} is empty")
+        return password
+
+    def passwords(self, principals: tuple[str, ...] | list[str]) -> dict[str, str]:
+        return {p: self.password(p) for p in principals}
+
+
+def export_for_containers(
+    secrets_: StackSecrets, principals: tuple[str, ...] | list[str], hosts: tuple[str, ...]
+) -> list[Path]:
+    """What a deployment mounts, under ``secrets_.directory`` (`omniquant secure init`):
+    ``ca.pem``, the broker's ``broker.pem`` key store (valid for ``hosts``) and
+    ``passwords/<principal>`` for each principal and the super users. Existing files are
+    kept. The directory is 0700; the mounted files in it are 0644 because Docker Compose
+    bind-mounts a file secret with the host file's owner and mode, and the containers run as
+    other users (the broker as 1000, the stages as 10001). Returns the files written."""
+    secrets_.ensure(hosts)
+    broker = secrets_.broker_certificate(hosts)
+    everyone = [*SUPER_USERS, *(p for p in principals if p not in SUPER_USERS)]
+    passwords = secrets_.passwords(everyone)
+    folder = secrets_.directory / "passwords"
+    folder.mkdir(exist_ok=True)
+    written = [secrets_.ca_path, broker.bundle]
+    for principal, password in passwords.items():
+        path = folder / principal
+        if not path.is_file():
+            write_private(path, password.encode())
+        written.append(path)
+    for path in written:
+        os.chmod(path, 0o644)
+    return written
 
 
 def broker_security_properties(secrets_: StackSecrets, port: int) -> dict[str, str]:

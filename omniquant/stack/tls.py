@@ -82,9 +82,12 @@ class CertificateAuthority:
         self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return self
 
-    def issue(self, common_name: str, *, server: bool) -> IssuedCertificate:
-        """Sign a certificate for ``common_name``: a server one valid for localhost and
-        127.0.0.1 (brokers), or a client one (mutual TLS). Reissued on every call."""
+    def issue(
+        self, common_name: str, *, server: bool, hosts: tuple[str, ...] = ()
+    ) -> IssuedCertificate:
+        """Sign a certificate for ``common_name``: a server one valid for localhost,
+        127.0.0.1 and ``hosts`` (brokers; a container's service name), or a client one
+        (mutual TLS). Reissued on every call."""
         self.ensure()
         ca_key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
         if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -108,7 +111,8 @@ class CertificateAuthority:
             )
         )
         if server:
-            names: list[x509.GeneralName] = [x509.DNSName(n) for n in _LOCAL_NAMES]
+            dns = dict.fromkeys([*_LOCAL_NAMES, *hosts])  # ordered, no repeats
+            names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
             names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in _LOCAL_IPS]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
