@@ -2,7 +2,8 @@
 # Installs what a fresh Debian/Ubuntu machine lacks to run OmniQuant locally:
 # Java 17+ (Kafka broker), Maven (resolves the Kafka jars from Maven Central), redis-server,
 # chromium (headless check of the `omniquant report` page), prometheus (its promtool checks and
-# unit-tests the alert rules in docker/prometheus/rules/), openssl (checks the secure mode's certificates).
+# unit-tests the alert rules in docker/prometheus/rules/), openssl (checks the secure mode's certificates),
+# gdb (the backtrace of a test process that dies of a signal, scripts/chaos-ci.sh).
 # Python 3.11+ is assumed (it runs this project). Safe to run again: installs only what is missing.
 set -euo pipefail
 
@@ -19,6 +20,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v gdb >/dev/null 2>&1 || missing+=(gdb)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "system deps: java $(java -version 2>&1 | awk -F'"' '/version/ {print $2}'), $(mvn -v 2>/dev/null | head -1 | sed 's/\x1b\[[0-9;]*m//g'), $(redis-server --version | cut -d' ' -f1-3), $(chromium --version 2>/dev/null), $(promtool --version 2>&1 | head -1 | cut -d' ' -f1-3)"
@@ -27,7 +29,7 @@ fi
 
 echo "system deps missing: ${missing[*]}"
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "install them with your package manager (need Java 17+, Maven, redis-server, chromium, prometheus/promtool, openssl), then retry" >&2
+  echo "install them with your package manager (need Java 17+, Maven, redis-server, chromium, prometheus/promtool, openssl, gdb), then retry" >&2
   exit 1
 fi
 SUDO=""
