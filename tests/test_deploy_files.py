@@ -55,7 +55,7 @@ DOCKERIGNORE = REPO / ".dockerignore"
 COMPOSE = REPO / "docker-compose.yml"
 PROMETHEUS = REPO / "docker" / "prometheus" / "prometheus.yml"
 GRAFANA_DATASOURCES = REPO / "docker" / "grafana" / "provisioning" / "datasources"
-K8S = REPO / "k8s"
+K8S = REPO / "k8s" / "base"  # the manifests; k8s/ and k8s/secure/ build on them
 
 # The stages of `omniquant run` (the CLI contract); each is a compose service and a
 # k8s Deployment of the same name.
@@ -594,7 +594,7 @@ def build_context_problems(dockerfile_text: str, dockerignore_text: str) -> list
         ".omniquant/logs/run.log",
         "state/x",
         "omniquant/__pycache__/cli.cpython-311.pyc",
-        "k8s/secret.yaml",
+        "k8s/base/secret.yaml",
         "docker-compose.yml",
     ):
         if not is_excluded(junk):
@@ -1289,3 +1289,58 @@ def test_k8s_probe_checker_resolves_the_named_port_and_catches_another() -> None
         f"livenessProbe port 8080 is not the metrics port {METRICS_PORT}"
     ]
     assert k8s_probe_problems({}, "livenessProbe", "/healthz") == ["livenessProbe missing"]
+
+
+def test_the_secure_k8s_overlay_mounts_each_stage_only_its_own_password(tmp_path: Path) -> None:
+    """k8s/secure/ over k8s/base with the files `omniquant secure init` writes: each stage
+    runs as its own SCRAM user and its pod mounts a Secret holding only its own password
+    (the one `secure init` generated) and the CA; the access Job gets every component's."""
+    from omniquant.access import COMPONENTS
+    from omniquant.stack.secure import StackSecrets, export_for_containers
+
+    kubectl, kustomize = shutil.which("kubectl"), shutil.which("kustomize")
+    if not (kubectl or kustomize):
+        pytest.skip("neither kustomize nor kubectl is installed")
+    shutil.copytree(K8S.parent, tmp_path / "k8s")
+    secrets_dir = tmp_path / "k8s" / "secure" / "secrets"
+    export_for_containers(StackSecrets.in_directory(secrets_dir), list(COMPONENTS), ("kafka",))
+    overlay = str(tmp_path / "k8s" / "secure")
+    command = [kustomize, "build", overlay] if kustomize else [str(kubectl), "kustomize", overlay]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert [p for d in docs for p in k8s_schema_problems(d, "1.30")] == []
+    secrets = {
+        d["metadata"]["name"]: {k: base64.b64decode(v).decode() for k, v in d["data"].items()}
+        for d in docs
+        if d["kind"] == "Secret" and d["metadata"]["name"].startswith("omniquant-kafka-")
+    }
+
+    def password(user: str) -> str:
+        return (secrets_dir / "passwords" / user).read_text()
+
+    ca = (secrets_dir / "ca.pem").read_text()
+    workloads = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Deployment", "Job")}
+    expected = {f"omniquant-{s.name}": s.name for s in REGISTERED_STAGES}
+    expected |= {"omniquant-topics-create": "admin", "omniquant-access": "admin"}
+    assert set(workloads) == set(expected)
+    for name, user in expected.items():
+        (container,) = containers(workloads[name])
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert not unknown_env_names(list(env), name)
+        assert env["OMNIQUANT_KAFKA__SASL_USERNAME"] == user
+        assert "OMNIQUANT_KAFKA__SASL_PASSWORD" not in env
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "kafka-credentials"]
+        folder = mount["mountPath"]
+        assert env["OMNIQUANT_KAFKA__SASL_PASSWORD_FILE"] == f"{folder}/kafka-password-{user}"
+        assert env["OMNIQUANT_KAFKA__SSL_CA_LOCATION"] == f"{folder}/kafka-ca"
+        (volume,) = [v for v in pod_spec(workloads[name])["volumes"] if v["name"] == mount["name"]]
+        data = secrets[volume["secret"]["secretName"]]
+        assert data["kafka-ca"] == ca
+        if name == "omniquant-access":  # it creates every component's user
+            assert container["args"] == ["secure", "apply", "--secrets", folder]
+            assert data == {"kafka-ca": ca} | {
+                f"kafka-password-{u}": password(u) for u in ("admin", *COMPONENTS)
+            }
+        else:
+            assert data == {"kafka-ca": ca, f"kafka-password-{user}": password(user)}, name
