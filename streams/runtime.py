@@ -586,6 +586,22 @@ class DeadLetters:
         self._producer.flush(30)
 
 
+# Admin errors of a cluster between controllers or brokers (a failover), and how long a
+# stage's start waits them out: an election takes seconds, a killed broker's restart more.
+_TRANSIENT_ADMIN_ERRORS = frozenset(
+    {
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_CONTROLLER,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.BROKER_NOT_AVAILABLE,
+    }
+)
+_CONTROLLER_WAIT_S = 120.0
+
+
 class _VisibleTopicManager(TopicManager):
     """Waits until a topic Quix just created (its state changelogs) shows in metadata.
 
@@ -594,6 +610,10 @@ class _VisibleTopicManager(TopicManager):
     each request may go to another broker, and one that knows the topic says nothing of the
     next (listed by one, its configs refused by another as UNKNOWN_TOPIC_OR_PART): every
     read of a topic created here retries until the create timeout.
+
+    Any read also rides out a cluster without a controller for a while: a stage restarted
+    right after the active controller died (its transaction watchdog ends it then) had its
+    start fail with "Timed out waiting for controller" while the quorum elected another.
     """
 
     _created_here: set[str]
@@ -618,17 +638,31 @@ class _VisibleTopicManager(TopicManager):
             raise
 
     def _fetch_topic(self, topic: Topic) -> Topic:
-        if topic.name not in getattr(self, "_created_here", ()):
-            return super()._fetch_topic(topic)
-        deadline = time.monotonic() + self._create_timeout
+        created_here = topic.name in getattr(self, "_created_here", ())
+        started = time.monotonic()
+        unknown_until = started + self._create_timeout
+        transient_until = started + _CONTROLLER_WAIT_S
+        warned = False
         while True:
             try:
                 return super()._fetch_topic(topic)
             except (TopicNotFoundError, KafkaException) as exc:
-                unknown = isinstance(exc, TopicNotFoundError) or (
-                    exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+                error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+                code = error.code() if isinstance(error, KafkaError) else None
+                unknown = isinstance(exc, TopicNotFoundError) or code == (
+                    KafkaError.UNKNOWN_TOPIC_OR_PART
                 )
-                if not unknown or time.monotonic() > deadline:
+                now = time.monotonic()
+                if code in _TRANSIENT_ADMIN_ERRORS and now < transient_until:
+                    if not warned:
+                        log.warning(
+                            "Kafka cannot describe a topic yet; retrying",
+                            extra={"topic": topic.name, "error": str(error)},
+                        )
+                        warned = True
+                    time.sleep(0.5)
+                    continue
+                if not (unknown and created_here) or now > unknown_until:
                     raise
                 time.sleep(0.1)
 
