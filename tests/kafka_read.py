@@ -1,13 +1,14 @@
-"""Reading what landed on a real topic, for integration tests."""
+"""Reading what landed on a real topic, and writing one record to see if it lands, for
+integration tests."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaError, Producer
 
 
 def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list[Any]:
@@ -59,3 +60,14 @@ def read_until(
     finally:
         consumer.close()
     return out
+
+
+def produce_one(config: Mapping[str, str], topic: str) -> KafkaError | None:
+    """One record to ``topic`` with these client settings; the delivery error (None: it
+    was written). A refusal (an ACL, a wrong password) is the error, not an exception."""
+    outcome: list[KafkaError | None] = []
+    producer = Producer({**config, "message.timeout.ms": "20000", "log_level": "0"})
+    producer.produce(topic, b"x", on_delivery=lambda err, _msg: outcome.append(err))
+    producer.flush(30)
+    assert outcome, f"no delivery report for {topic}"
+    return outcome[0]

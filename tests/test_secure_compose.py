@@ -21,15 +21,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
+from kafka_read import produce_one
 from test_deploy_files import interpolate_tree, service_command, service_env, unknown_env_names
 
 from core.topics import TopicNames
@@ -112,6 +113,13 @@ class SecureCompose:
         env.update(OMNIQUANT_STATE_DIR=str(self.state_dir), OMNIQUANT_METRICS_PORT="0")
         return env
 
+    def process_env(self, service: str, **extra: str) -> dict[str, str]:
+        """This process's environment without its own settings, plus the service's."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQUANT_")}
+        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        env.update(self.env(service), **extra)
+        return env
+
     def command(self, service: str) -> list[str]:
         command = service_command(self.doc["services"][service])
         return [arg.replace("/run/secrets", str(self.mounts)) for arg in command]
@@ -119,12 +127,10 @@ class SecureCompose:
     def omniquant(
         self, service: str, *args: str, timeout: float = 120, **extra: str
     ) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQUANT_")}
-        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-        env.update(self.env(service), **extra)
         return subprocess.run(
             [sys.executable, "-m", "omniquant.cli", *args],
-            env=env, capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO,
+            env=self.process_env(service, **extra),
+            capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO,
         )  # fmt: skip
 
     def client(self, service: str) -> dict[str, str]:
@@ -223,15 +229,6 @@ def secure_compose(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureC
             assert password not in logged, "a password in the broker's log"
 
 
-def _produce(config: Mapping[str, str], topic: str) -> KafkaError | None:
-    outcome: list[KafkaError | None] = []
-    producer = Producer({**config, "message.timeout.ms": "20000"})
-    producer.produce(topic, b"x", on_delivery=lambda err, _msg: outcome.append(err))
-    producer.flush(30)
-    assert outcome, f"no delivery report for {topic}"
-    return outcome[0]
-
-
 def _count(stack: SecureCompose, topic: str) -> int:
     consumer = Consumer({**stack.client("topics"), "group.id": f"count-{time.time_ns()}"})
     try:
@@ -262,7 +259,7 @@ def test_a_stage_with_its_compose_identity_writes_only_its_own_topics(
 ) -> None:
     physical = TopicNames(PREFIX).name(topic)
     before = _count(secure_compose, physical)
-    error = _produce(secure_compose.client(service), physical)
+    error = produce_one(secure_compose.client(service), physical)
     if allowed:
         assert error is None, error
         assert _count(secure_compose, physical) == before + 1
@@ -274,9 +271,7 @@ def test_a_stage_with_its_compose_identity_writes_only_its_own_topics(
 def test_the_feed_stage_runs_with_its_compose_environment(secure_compose: SecureCompose) -> None:
     trades = TopicNames(PREFIX).name("market.trades")
     before = _count(secure_compose, trades)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQUANT_")}
-    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    env.update(secure_compose.env("feed"))
+    env = secure_compose.process_env("feed")
     command = secure_compose.command("feed")
     proc = subprocess.Popen(
         [sys.executable, "-m", "omniquant.cli", *command],

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from conftest import shared_file
+from kafka_read import produce_one
 
 from omniquant.stack.tls import CertificateAuthority
 
@@ -234,16 +235,6 @@ def test_lag_cli_reads_the_groups_as_the_lag_monitor(
     assert f"{PREFIX}signals" in json.dumps(doc), doc  # its partitions, read as lag-monitor
 
 
-def _produce(config: dict[str, str], topic: str) -> KafkaError | None:
-    """One record to ``topic``; the delivery error (None: written)."""
-    outcome: list[KafkaError | None] = []
-    producer = Producer({**config, "message.timeout.ms": "20000", "log_level": "0"})
-    producer.produce(topic, b"x", on_delivery=lambda err, _msg: outcome.append(err))
-    producer.flush(30)
-    assert outcome, f"no delivery report for {topic}"
-    return outcome[0]
-
-
 @pytest.mark.parametrize(
     ("principal", "topic", "allowed"),
     [
@@ -274,9 +265,9 @@ def test_acls_let_each_principal_write_only_its_own_topics(
     for future in admin.create_acls(acl_bindings(prefix)).values():
         future.result(30)
     deadline = time.monotonic() + 30  # the authorizer applies new ACLs from the metadata log
-    error = _produce(secure_stack.client(principal), target)
+    error = produce_one(secure_stack.client(principal), target)
     while allowed and error is not None and time.monotonic() < deadline:
-        error = _produce(secure_stack.client(principal), target)
+        error = produce_one(secure_stack.client(principal), target)
     if allowed:
         assert error is None, error
         assert _count(secure_stack, target) >= 1
