@@ -355,10 +355,12 @@ class ExposureBook:
         partitions' committed offsets at an assignment): processing resumes there and
         writes them again, so a decision before then sees the book as it was at that
         point, as the first run did, not as a killed instance left it."""
+        # A partition without a commit is processed again from its start (the stages'
+        # auto.offset.reset is earliest): everything written for it goes.
         marks = {
-            (self._topic_ids[topic], partition): offset
+            (self._topic_ids[topic], partition): max(offset, 0)
             for (topic, partition), offset in committed.items()
-            if topic in self._topic_ids and offset >= 0
+            if topic in self._topic_ids
         }
         self._exposures.clear()  # read back below: another process may have written since
         dropped = 0

@@ -53,6 +53,7 @@ from core.metrics import DEAD_LETTERS, ERRORS, EVENT_PROCESSING, MESSAGES_IN, ME
 from core.topics import TopicNames, spec
 from schemas.models import MODEL_BY_AVRO_NAME, Record
 from schemas.serde import AvroSerde
+from streams.ordering import EventTimeOrder
 
 log = logging.getLogger(__name__)
 
@@ -696,7 +697,11 @@ class StreamApp:
         processing_guarantee: Literal["at-least-once", "exactly-once"] | None = None,
         consumer_poll_timeout: float = 1.0,
         consumer_extra: dict[str, Any] | None = None,
+        event_time_order: bool = False,
     ) -> None:
+        """``event_time_order``: process the records of every assigned partition in one
+        event-time order (:class:`~streams.ordering.EventTimeOrder`), not only those of one
+        partition number, for a stage whose decisions read more than its own key's state."""
         self.settings = settings
         self.name = name
         self.names = TopicNames(settings.topic_prefix)
@@ -757,6 +762,8 @@ class StreamApp:
         self.app.assign_hooks = []
         consumer = self.app._consumer
         consumer.commit = commit_through_failover(consumer.commit)  # type: ignore[method-assign]
+        if event_time_order:
+            consumer._buffer = EventTimeOrder(consumer._max_partition_buffer_size)
         if processing_guarantee == "exactly-once":
             # Quix's checkpoint commits with no timeout; a call librdkafka never returns
             # from ends the process instead of the stage standing still (see the watchdog)
