@@ -15,15 +15,20 @@ rate and duplicate client order ids are properties of a whole account. Two sourc
 :class:`ExposureBook`
     The gate's own exposure per account and symbol, shared through Redis so every gate
     process (and every partition) sees the whole account: hash
-    ``<prefix>gate:exposure:<account>``, field = symbol, value =
-    its last versions, each ``[topic, partition, offset, worst-case position, price, margin
-    rate]`` (raw; the worst case of working buys and sells, see
-    :class:`~streams.logic.risk.SymbolRiskState`), tagged with the input record that wrote
-    it. Each gate writes the exact state of the symbols it owns (never increments), and the
-    last version is the current one. At each assignment the gate drops the versions written
+    ``<prefix>gate:exposure:<account>``, field = symbol, value = ``[worst-case position,
+    price, margin rate]`` (raw; the worst case of working buys and sells, see
+    :class:`~streams.logic.risk.SymbolRiskState`), and beside it in
+    ``<prefix>gate:history:<account>`` the symbol's versions since the last commit, each
+    ``[topic, partition, offset, worst, price, rate]``, tagged with the input record that
+    wrote it. Each gate writes the exact state of the symbols it owns (never increments),
+    value and history in one MULTI. At each assignment the gate drops the versions written
     for records at or beyond its committed offsets (:meth:`ExposureBook.roll_back`): a
     killed instance's writes past its last commit would otherwise be seen by the decisions
-    its successor makes again, ahead of their time; the replay writes them again. The
+    its successor makes again, ahead of their time; the replay writes them again. After
+    each commit it trims its histories to their last version (:meth:`ExposureBook.committed`):
+    a roll-back never goes further back. The gate goes through its partitions in one
+    event-time order (:class:`~streams.ordering.EventTimeOrder`), so with one process
+    owning them a decision sees the same book after any number of restarts. The
     order rate is a sorted set of approved client order ids (each tagged with its request's
     position, rolled back the same way) scored by event time; a client order id is
     claimed with ``SET NX`` whose value is the request's topic position, so a replayed
@@ -213,12 +218,17 @@ class ExposureBook:
         # into a Redis that lost it (module docstring).
         self._alive_key = f"{self.prefix}alive:{uuid.uuid4().hex}"
         self._announced = False  # the alive key written once: from then on, gone = lost
-        self._exposures: dict[str, dict[str, str]] = {}  # account → symbol → stored value
+        self._exposures: dict[str, dict[str, list[list[int]]]] = {}  # account → symbol → versions
+        self._written: set[tuple[str, str]] = set()  # written since the last commit
         self._approvals: dict[str, dict[str, int]] = {}  # account → client order id → ts
         self._claims: OrderedDict[str, str] = OrderedDict()  # client order id → position
+        self._trim = self.client.register_script(_TRIM_IF_UNCHANGED)
 
     def _exposure_key(self, account: str) -> str:
         return f"{self.prefix}exposure:{account}"
+
+    def _history_key(self, account: str) -> str:
+        return f"{self.prefix}history:{account}"
 
     def _rate_key(self, account: str) -> str:
         return f"{self.prefix}rate:{account}"
@@ -250,15 +260,15 @@ class ExposureBook:
             if field.decode() == symbol:
                 continue  # the gate's own state has this symbol exactly
             try:
-                versions = _versions(raw)
+                current = _current(raw)
             except MalformedBookEntry as exc:
                 # fail closed: an account figure that cannot be read refuses the order
                 key = self._exposure_key(account)
                 error = f"{key} field {field.decode()!r}: {exc}"
                 return AccountContext(equity=equity, equity_source=source, error=error)
-            if not versions:
+            if current is None:
                 continue
-            worst, price, rate = versions[-1][-3:]
+            worst, price, rate = current
             value = abs(mul(worst, price))
             gross += value
             margin += mul(value, rate)
@@ -350,6 +360,41 @@ class ExposureBook:
             }
         )
 
+    def committed(self) -> None:
+        """The gate's input offsets were just committed: every version written so far is
+        at or below them, so a later roll-back goes back no further than each symbol's last
+        one. Trims the histories this process wrote since the previous commit to that one,
+        unless another process wrote the symbol since (it owns it now). Best effort: a
+        history left longer only costs its size."""
+        if not self._written:
+            return
+        written, self._written = self._written, set()
+        trimmed: list[tuple[str, str, list[list[int]]]] = []
+        for account, symbol in written:
+            versions = self._exposures.get(account, {}).get(symbol)
+            if versions is not None and len(versions) > 1:
+                trimmed.append((account, symbol, versions))
+        if not trimmed:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for account, symbol, versions in trimmed:
+            self._trim(
+                keys=[self._history_key(account)],
+                args=[symbol, json.dumps(versions), json.dumps(versions[-1:])],
+                client=pipe,
+            )
+        try:
+            outcomes = pipe.execute()
+        except redis.RedisError as exc:
+            self._written |= {(a, s) for a, s, _ in trimmed}  # tried again at the next
+            log.warning("exposure histories not trimmed", extra={"error": repr(exc)})
+            return
+        for (account, symbol, versions), done in zip(trimmed, outcomes, strict=True):
+            if done:
+                self._exposures[account][symbol] = versions[-1:]
+            else:  # another process wrote it since: its copy is the one that counts
+                self._exposures[account].pop(symbol, None)
+
     def roll_back(self, committed: dict[tuple[str, int], int]) -> None:
         """Drop the versions written for input records at or beyond ``committed`` (their
         partitions' committed offsets at an assignment): processing resumes there and
@@ -363,26 +408,31 @@ class ExposureBook:
             if topic in self._topic_ids
         }
         self._exposures.clear()  # read back below: another process may have written since
+        self._written.clear()
         dropped = 0
         for key in self.client.scan_iter(match=f"{self.prefix}exposure:*", count=1000):
             name = key.decode() if isinstance(key, bytes) else str(key)
             account = name.removeprefix(f"{self.prefix}exposure:")
-            pipe = self.client.pipeline(transaction=False)
+            histories = self.client.hgetall(self._history_key(account))
+            pipe = self.client.pipeline(transaction=True)
             for field, raw in self.client.hgetall(key).items():
                 try:
-                    versions = _versions(raw)
+                    # an entry older than the histories is its own history
+                    versions = _versions(histories.get(field, raw))
                 except MalformedBookEntry:
                     continue  # left for the decisions to refuse on and the owner to rewrite
                 kept = [v for v in versions if not _beyond(v, marks)]
                 if len(kept) < len(versions):
                     dropped += len(versions) - len(kept)
                     if kept:
-                        pipe.hset(key, field, json.dumps(kept))
+                        pipe.hset(key, field, json.dumps(kept[-1][3:]))
+                        pipe.hset(self._history_key(account), field, json.dumps(kept))
                     else:
                         pipe.hdel(key, field)
+                        pipe.hdel(self._history_key(account), field)
                 if kept:
                     symbol = field.decode() if isinstance(field, bytes) else str(field)
-                    self._exposures.setdefault(account, {})[symbol] = json.dumps(kept)
+                    self._exposures.setdefault(account, {})[symbol] = kept
             pipe.execute()
         # approvals of requests at or beyond the commit: decided again, counted again
         for key in self.client.scan_iter(match=f"{self.prefix}rate:*", count=1000):
@@ -410,11 +460,15 @@ class ExposureBook:
     def _stored(self, account: str, symbol: str) -> list[list[int]]:
         """The symbol's versions: this process's own copy (it is the symbol's only writer
         while it owns the partition; read back at each assignment), else Redis's."""
-        value: bytes | str | None = self._exposures.get(account, {}).get(symbol)
-        if value is None:
-            value = self.client.hget(self._exposure_key(account), symbol)
+        mirrored = self._exposures.get(account, {}).get(symbol)
+        if mirrored is not None:
+            return mirrored
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self._history_key(account), symbol)
+        pipe.hget(self._exposure_key(account), symbol)
+        history, current = pipe.execute()
         try:
-            return _versions(value)
+            return _versions(history if history is not None else current)
         except MalformedBookEntry as exc:
             # This process owns the symbol and knows its exact state: the write that follows
             # replaces what cannot be read (a history lost, not a figure).
@@ -425,21 +479,24 @@ class ExposureBook:
             return []
 
     def _write(self, fields: dict[tuple[str, str], list[list[int]]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        values = {field: json.dumps(versions) for field, versions in fields.items()}
-        for (account, symbol), value in values.items():
-            pipe.hset(self._exposure_key(account), symbol, value)
+        # the current value and its history together (MULTI): a reader sees both or neither
+        pipe = self.client.pipeline(transaction=True)
+        for (account, symbol), versions in fields.items():
+            pipe.hset(self._exposure_key(account), symbol, json.dumps(versions[-1][3:]))
+            pipe.hset(self._history_key(account), symbol, json.dumps(versions))
         pipe.execute()
-        for (account, symbol), value in values.items():
-            self._exposures.setdefault(account, {})[symbol] = value
+        for (account, symbol), versions in fields.items():
+            self._exposures.setdefault(account, {})[symbol] = versions
+            self._written.add((account, symbol))
 
     def _write_back(self) -> None:
         """Write what this process wrote into a Redis that does not have it (module
         docstring); a value another process wrote since stays."""
         pipe = self.client.pipeline(transaction=False)
         for account, fields in self._exposures.items():
-            for symbol, value in fields.items():
-                pipe.hsetnx(self._exposure_key(account), symbol, value)
+            for symbol, versions in fields.items():
+                pipe.hsetnx(self._exposure_key(account), symbol, json.dumps(versions[-1][3:]))
+                pipe.hsetnx(self._history_key(account), symbol, json.dumps(versions))
         for account, approvals in self._approvals.items():
             if approvals:
                 pipe.zadd(self._rate_key(account), approvals, nx=True)
@@ -465,11 +522,24 @@ class ExposureBook:
         self.client.close()
 
 
-# A symbol's exposure in the book is a short history of versions, oldest first, each
-# [topic, partition, offset, worst, price, margin rate]: the input record that wrote it
-# (topic as the gate's index) and the values. The last is the current one; the rest let a
-# restarted gate roll the book back to its committed offsets (ExposureBook.roll_back).
-_VERSIONS_KEPT = 32
+# A symbol's entry in the book is its current value, [worst, price, margin rate] (raw), in
+# ``exposure:<account>`` (what decisions read), and its history, oldest first, in
+# ``history:<account>``: versions [topic, partition, offset, worst, price, margin rate], the
+# input record that wrote each (topic as the gate's index) and the values. The history goes
+# back to the symbol's last version before the latest commit (ExposureBook.committed trims
+# it there), so a restarted gate can roll the book back to its committed offsets
+# (ExposureBook.roll_back). A bound, should commits stall: reaching it is logged, as a
+# roll-back past it can no longer restore the symbol's state.
+_VERSIONS_KEPT = 10_000
+
+# Replace a history with its trimmed copy only if it is still what this process wrote.
+_TRIM_IF_UNCHANGED = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+"""
 
 
 class MalformedBookEntry(ValueError):
@@ -477,13 +547,14 @@ class MalformedBookEntry(ValueError):
 
 
 def _versions(raw: bytes | str | None) -> list[list[int]]:
+    """A history, or a current value as a history of one untagged version."""
     if raw is None:
         return []
     try:
         data = json.loads(raw)
         if not isinstance(data, list):
             raise TypeError(f"a JSON {type(data).__name__}")
-        if data and not isinstance(data[0], list):  # before versions: [worst, price, rate]
+        if data and not isinstance(data[0], list):  # a current value: [worst, price, rate]
             data = [[-1, 0, 0, *data]]
         versions = [[int(v) for v in version] for version in data]
     except (ValueError, TypeError) as exc:
@@ -493,13 +564,36 @@ def _versions(raw: bytes | str | None) -> list[list[int]]:
     return versions
 
 
+def _current(raw: bytes | str) -> tuple[int, int, int] | None:
+    """A current value [worst, price, rate] (or, written before the histories had their
+    own hash, a history: its last version)."""
+    try:
+        data = json.loads(raw)
+        if isinstance(data, list) and len(data) == 3 and not isinstance(data[0], list):
+            worst, price, rate = (int(v) for v in data)
+            return worst, price, rate
+    except (ValueError, TypeError) as exc:
+        raise MalformedBookEntry(f"not an exposure value ({exc})") from None
+    versions = _versions(raw)
+    if not versions:
+        return None
+    worst, price, rate = versions[-1][3:]
+    return worst, price, rate
+
+
 def _add(
     versions: list[list[int]], tag: list[int], worst: int, price: int, rate: int
 ) -> list[list[int]]:
     """``versions`` with this one last (replacing one of the same input record)."""
     kept = [v for v in versions if v[:3] != tag or tag[0] < 0]
     kept.append([*tag, worst, price, rate])
-    return kept[-_VERSIONS_KEPT:]
+    if len(kept) > _VERSIONS_KEPT:
+        log.warning(
+            "exposure history at its bound: a roll-back past its oldest version is lost",
+            extra={"versions": len(kept)},
+        )
+        del kept[: len(kept) - _VERSIONS_KEPT]
+    return kept
 
 
 def _member_tag(member: bytes | str) -> list[int]:

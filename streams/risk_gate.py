@@ -314,6 +314,8 @@ def build(settings: Settings, name: str) -> StreamApp:
     # A restarted or rebalanced gate resumes at its committed offsets: the shared book goes
     # back to that point too, so a decision made again sees what it saw the first time.
     stream.on_assign(book.roll_back)
+    # ...and keeps the history it needs for that only back to the last commit
+    stream.on_commit(book.committed)
     processor = RiskGateProcessor(
         settings,
         TradingStateWatcher(settings).start(),

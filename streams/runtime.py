@@ -800,6 +800,21 @@ class StreamApp:
         processing resumes, so state kept outside Kafka can be rolled back to it."""
         self.app.assign_hooks.append(hook)
 
+    def on_commit(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` after each checkpoint that committed offsets (in the processing
+        thread, before the next record): everything processed so far is committed."""
+        context = self.app._processing_context
+        commit = context.commit_checkpoint
+
+        def commit_checkpoint(force: bool = False, revoking: bool = False) -> None:
+            before = getattr(context, "_checkpoint", None)
+            pending = before is not None and not before.empty()
+            commit(force=force, revoking=revoking)
+            if pending and getattr(context, "_checkpoint", None) is not before:
+                hook()
+
+        context.commit_checkpoint = commit_checkpoint  # type: ignore[method-assign]
+
     def dataframe(self, logical_name: str) -> StreamingDataFrame:
         """A dataframe over a catalog topic whose undecodable records go to dead letters."""
         sdf = self.app.dataframe(self.topic(logical_name))

@@ -239,10 +239,82 @@ def test_an_assignment_rolls_the_book_back_to_the_committed_offsets(
     resumed.approved("acct", "c-2", ts - 2, at=(topics[0], 0, 4))
     assert gross(resumed) == gross(killed)
     assert context(resumed).recent_orders == 2
-    stored = killed.client.hget(f"{killed.prefix}exposure:acct", "AAA")
-    assert stored is not None and len(json.loads(stored)) == 3, stored
+    history = killed.client.hget(f"{killed.prefix}history:acct", "AAA")
+    assert history is not None and len(json.loads(history)) == 3, history
+    current = killed.client.hget(f"{killed.prefix}exposure:acct", "AAA")
+    assert current is not None and json.loads(current) == [to_fixed("300"), to_fixed("11"), rate]
     killed.close()
     resumed.close()
+
+
+def test_a_roll_back_restores_the_book_at_the_last_commit_however_much_came_after(
+    own_redis: LocalRedis, tmp_path: Path
+) -> None:
+    """A killed gate may run far past its last commit (a fast replay, a commit that
+    stalls): its successor's roll-back must still find each symbol as it was at the
+    commit. Before histories were trimmed at commits instead of kept to the last 32
+    versions, 50 writes past the commit left nothing to roll back to, and the symbol was
+    gone from the account until its owner wrote it again. A partition never committed is
+    processed again from its start: all it wrote goes."""
+    settings = _settings(own_redis, tmp_path, 20.0)
+    topics = ("t.orders.requests", "t.market.trades", "t.execution.reports")
+    killed = ExposureBook(settings, topics=topics)
+    rate = to_fixed("0.5")
+    for offset in range(40):  # committed below
+        killed.record(
+            "acct", "AAA", to_fixed(offset), to_fixed("10"), rate, at=(topics[0], 0, offset)
+        )
+    killed.committed()
+    history = killed.client.hget(f"{killed.prefix}history:acct", "AAA")
+    assert history is not None and len(json.loads(history)) == 1  # trimmed to the last
+    for offset in range(40, 90):  # beyond the commit at 40
+        killed.record(
+            "acct", "AAA", to_fixed(offset), to_fixed("12"), rate, at=(topics[0], 0, offset)
+        )
+    for offset in range(5):  # trades p1: never committed
+        killed.mark(
+            [("acct", "BBB", to_fixed("7"), to_fixed("3"), rate)], at=(topics[1], 1, offset)
+        )
+
+    def gross(book: ExposureBook) -> Decimal:
+        got = book.context(
+            account="acct", symbol="ZZZ", client_order_id="c", ts_event=1,
+            figures=AccountFigures(equity=to_fixed("1000000")), starting_cash=0,
+        )  # fmt: skip
+        assert got.error is None, got.error
+        return Decimal(got.others_gross) / 10**9
+
+    assert gross(killed) == _gross(("89", "12"), ("7", "3"))
+    resumed = ExposureBook(settings, topics=topics)
+    resumed.roll_back({(topics[0], 0): 40, (topics[1], 1): -1001})  # -1001: no commit
+    assert gross(resumed) == _gross(("39", "10"))
+    assert resumed.client.hget(f"{resumed.prefix}history:acct", "BBB") is None
+    killed.close()
+    resumed.close()
+
+
+def test_a_commit_trims_only_what_no_other_process_wrote_since(
+    own_redis: LocalRedis, tmp_path: Path
+) -> None:
+    """After a rebalance the symbol's new owner writes it; the old owner's trim at its
+    next commit must not put its own (stale) history back over the new owner's."""
+    settings = _settings(own_redis, tmp_path, 20.0)
+    topics = ("t.orders.requests", "t.market.trades", "t.execution.reports")
+    old, new = ExposureBook(settings, topics=topics), ExposureBook(settings, topics=topics)
+    rate, price = to_fixed("0.5"), to_fixed("10")
+    old.record("acct", "AAA", to_fixed("1"), price, rate, at=(topics[0], 0, 1))
+    old.record("acct", "AAA", to_fixed("2"), price, rate, at=(topics[0], 0, 2))
+    new.roll_back({(topics[0], 0): 1})  # the new owner resumes at 1: drops offset 2
+    new.record("acct", "AAA", to_fixed("5"), price, rate, at=(topics[0], 0, 1))
+    new.record("acct", "AAA", to_fixed("6"), price, rate, at=(topics[0], 0, 2))
+    written = old.client.hget(f"{old.prefix}history:acct", "AAA")
+    old.committed()
+    assert old.client.hget(f"{old.prefix}history:acct", "AAA") == written
+    new.committed()
+    history = new.client.hget(f"{new.prefix}history:acct", "AAA")
+    assert history is not None and json.loads(history) == [[0, 0, 2, to_fixed("6"), price, rate]]
+    old.close()
+    new.close()
 
 
 @pytest.mark.parametrize("garbage", ["not json", '{"worst": 1}', "[[1, 2]]", '["a", "b", "c"]'])

@@ -3,10 +3,12 @@ market price, duplicates refused, open exposure released by the venue's reports.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
+import redis
 from confluent_kafka import Consumer, TopicPartition
 from kafka_read import read_topic
 from stage_proc import spawn_stage, stage_namespace
@@ -160,6 +162,7 @@ def test_gate_prices_itself_refuses_duplicates_and_releases_filled_exposure(
             app.terminate()
         for app in apps:
             app.wait(30)
+        assert [app.returncode for app in apps] == [0, 0]
 
     cheat = first["cheat"][0]
     assert cheat.decision == Decision.REJECTED
@@ -174,6 +177,26 @@ def test_gate_prices_itself_refuses_duplicates_and_releases_filled_exposure(
     assert later["c"][0].decision == Decision.APPROVED
     assert q1.decision == Decision.APPROVED, q1.reason
     assert q2.decision == Decision.APPROVED, q2.reason  # q1's 5,000 was released
+
+    # The shared book: SPY was written at a's approval and fill and c's approval, QQQ at
+    # q1's and q2's approvals and q1's rejection. The gate's last commit (at its stop)
+    # trimmed each history to its last version, which is the value decisions read.
+    book = redis.Redis.from_url(redis_url)
+    try:
+        prefix = f"{settings.topic_prefix}gate:"
+        current = {
+            k.decode(): json.loads(v) for k, v in book.hgetall(f"{prefix}exposure:paper").items()
+        }
+        history = {
+            k.decode(): json.loads(v) for k, v in book.hgetall(f"{prefix}history:paper").items()
+        }
+    finally:
+        book.close()
+    assert set(current) == set(history) == {"SPY", "QQQ"}
+    for symbol, versions in history.items():
+        assert len(versions) == 1 and versions[0][3:] == current[symbol], (symbol, versions)
+    # worst case: SPY 40 filled + 4,960 working (c); QQQ 5,000 working (q2)
+    assert current["SPY"][0] == to_fixed(5000) and current["QQQ"][0] == to_fixed(5000)
 
 
 def _end(settings, topic: str) -> list[int]:
