@@ -66,12 +66,13 @@ test-fuzz: deps venv ## fuzz every input topic (hypothesis + seeded corruption; 
 test-chaos: deps venv ## kill loops over every stage, Redis restart, ClickHouse outage
 	$(BIN)/pytest -m chaos $(PYTEST_ARGS)
 
-# A bounded part of the chaos suite (~6 min here, in .ci/run): Redis restarted under the gate
-# and execution, execution and two stateful stages SIGKILLed 20 times each. Its pytest
-# process once died of a segmentation fault in CI with no traceback: scripts/chaos-ci.sh
-# runs it under gdb, which prints the stacks of a crash (and runs the suite once more).
-CHAOS_CI ?= test_redis_restarted or test_execution_killed or (test_stage_killed_20_times and (signals or portfolio))
-test-chaos-ci: deps venv ## a bounded part of the chaos suite (~6 min; under gdb: a crash prints its stacks)
+# A bounded part of the chaos suite (~8 min here, in .ci/run): Redis restarted under the gate
+# and execution, execution and three stateful stages (signals, the risk gate, portfolio)
+# SIGKILLed 20 times each. Its pytest process once died of a segmentation fault in CI with
+# no traceback: scripts/chaos-ci.sh runs it under gdb, which prints the stacks of a crash
+# (and runs the suite once more).
+CHAOS_CI ?= test_redis_restarted or test_execution_killed or (test_stage_killed_20_times and (signals or risk-gate or portfolio))
+test-chaos-ci: deps venv ## a bounded part of the chaos suite (~8 min; under gdb: a crash prints its stacks)
 	@bash scripts/chaos-ci.sh $(BIN)/pytest -m chaos tests/test_chaos_pipeline.py -k "$(CHAOS_CI)" $(PYTEST_ARGS)
 
 test-secure: deps venv ## SASL_SSL + ACLs: the pipeline secured, refusals, secret scan

@@ -38,8 +38,7 @@ over a chDB directory: no ClickHouse server package fit for this schema installs
 (Debian bookworm has clickhouse-server 18.16, from 2018) — SIGKILLed mid-run until the sink
 has backed off three times, then started again.
 
-What the kill loops found (where not fixed, the tests xfail with the figures, so a run
-shows them; they pass once fixed):
+What the kill loops found, and how each was fixed:
 
 - bars, signals, portfolio and risk-metrics committed at least once: every SIGKILL between a
   produce and the next commit made the next instance produce those records again (one run:
@@ -49,16 +48,20 @@ shows them; they pass once fixed):
   transactional id kept in each instance's state directory, so a restart aborts what its
   killed predecessor left open instead of blocking read_committed readers for
   transaction.timeout.ms; their kill loops pass.
-- the risk gate (exactly-once) repeats and loses nothing and approves exactly the clean
+- the risk gate (exactly-once) repeated and lost nothing and approved exactly the clean
   run's orders, but 12 of 152 decisions differed in gross_leverage and buying_power. The
   shared Redis book held what the killed instance wrote beyond its last commit: now rolled
   back at each assignment (ExposureBook.roll_back). Still 83, 109 and 131 of 152 differed
-  in three runs with it (106 in one without), by other symbols' marks (e.g. gross 110,351
-  against 110,295): Quix
-  orders records by timestamp only among the topics of one partition number, so the other
-  symbols' progress when an order is decided depends on how a restarted instance's fetches
-  interleave the partitions. Open; the fix is an account-level view that does not depend
-  on cross-partition progress (e.g. marks read as of the order's event time).
+  in three runs with it, by other symbols' marks (e.g. gross 110,351 against 110,295):
+  Quix orders records by timestamp only among the topics of one partition number, so how
+  far the other symbols had got when an order was decided depended on how a restarted
+  instance's fetches interleaved the partitions. Fixed in three steps, one run each: one
+  event-time order over all the gate's partitions (streams.ordering.EventTimeOrder): 22
+  differed; the roll-back also dropping what was written for a partition with no commit
+  yet (it is processed again from its start): 1 differed, with less gross than the clean
+  run, because the history kept for roll-backs was its last 32 versions and a killed
+  instance had written more than that past its commit; the history trimmed at each commit
+  instead (ExposureBook.committed): every decision equal, the test passes exactly.
 - execution: no order submitted twice, fills exact; 50 of 130 execution reports differed.
   Some in how the NEW was learned (the submission's answer or the venue's stream event,
   whichever came first: fixed, the answer now comes first); the rest only in
@@ -465,13 +468,10 @@ def wait_for(what: str, condition: Callable[[], bool], timeout: float, poll: flo
 
 
 def canonical(
-    topic_records: list[Msg],
-    logical: str,
-    drop_checks: frozenset[str] = frozenset(),
-    drop_fields: frozenset[str] = frozenset(),
+    topic_records: list[Msg], logical: str, drop_fields: frozenset[str] = frozenset()
 ) -> Counter[tuple[str, str]]:
     """A topic's records as a multiset of (key, content without volatile fields)."""
-    return Counter(_content(m, logical, drop_checks, drop_fields) for m in topic_records)
+    return Counter(_content(m, logical, drop_fields) for m in topic_records)
 
 
 def last_by_key(
@@ -479,17 +479,13 @@ def last_by_key(
 ) -> dict[str, str]:
     """The last record of each key (records are in offset order per partition, and a key
     lives on one partition): final positions, account snapshots."""
-    return dict(_content(m, logical, frozenset(), drop_fields) for m in topic_records)
+    return dict(_content(m, logical, drop_fields) for m in topic_records)
 
 
-def _content(
-    m: Msg, logical: str, drop_checks: frozenset[str], drop_fields: frozenset[str] = frozenset()
-) -> tuple[str, str]:
+def _content(m: Msg, logical: str, drop_fields: frozenset[str] = frozenset()) -> tuple[str, str]:
     volatile = VOLATILE | {"ts_event"} if logical in VENUE_TOPICS else VOLATILE
     volatile = volatile | drop_fields
     value = _SERDE.decode(m.value).model_dump(mode="json")
-    if drop_checks and "checks" in value:
-        value["checks"] = [c for c in value["checks"] if c["name"] not in drop_checks]
     return (m.key or b"").decode(), repr(_strip(value, volatile))
 
 
@@ -828,51 +824,22 @@ def compare(
     clean: CleanRun,
     run: Run,
     stage: str,
-    drop_checks: frozenset[str] = frozenset(),
     drop_fields: frozenset[str] = frozenset(),
 ) -> dict[str, Diff]:
     """Each output topic of ``stage`` in the chaos run against the clean run's (without
-    the gate's ``drop_checks`` and the records' ``drop_fields``)."""
+    the records' ``drop_fields``)."""
     diffs: dict[str, Diff] = {}
     for logical in STAGE_IO[stage][1]:
         got = read_topic(run.settings, run.topic(logical))
         want = clean.records.get(logical) or []
-        a = canonical(got, logical, drop_checks, drop_fields)
-        b = canonical(want, logical, drop_checks, drop_fields)
+        a = canonical(got, logical, drop_fields)
+        b = canonical(want, logical, drop_fields)
         extra, missing = a - b, b - a
         different = [k for k in extra if k not in b]
         repeats = sum(n for k, n in extra.items() if k in b)
         last = last_by_key(got, logical, drop_fields) == last_by_key(want, logical, drop_fields)
         diffs[logical] = Diff(len(got), len(want), repeats, different, list(missing), last)
     return diffs
-
-
-# The gate's checks that read the account's other symbols from the shared Redis book.
-BOOK_CHECKS = frozenset({"gross_leverage", "buying_power", "concentration", "order_rate"})
-
-
-def known_gaps(
-    clean: CleanRun, run: Run, stage: str, diffs: dict[str, Diff], stats: KillStats
-) -> None:
-    """xfail (with the figures) for the gap the kill loops found and this change does not
-    fix (the gate's Redis book); anything else fails the test."""
-    if stage == "risk-gate" and not all(d.exact for d in diffs.values()):
-        # everything but the account-level checks must still be exact
-        without = compare(clean, run, stage, drop_checks=BOOK_CHECKS)
-        for logical, diff in without.items():
-            assert diff.repeats == diff.count - diff.clean == 0, f"{logical}: {diff!r}"
-            assert not diff.different and not diff.missing, f"{logical}: {diff!r}"
-        changed = sum(len(d.different) for d in diffs.values())
-        # The book is rolled back to the committed offsets at each assignment; what still
-        # differs is the order the gate went through its partitions (Quix orders records
-        # by timestamp only among the topics of one partition number), and so how far
-        # the other symbols' marks had got when an order was decided.
-        pytest.xfail(
-            f"known gap: after {stats.kills} SIGKILLs {changed} risk decisions differ in "
-            f"{sorted(BOOK_CHECKS)} only (other symbols' marks at decision time depend on "
-            "the order partitions are processed in); the first: "
-            f"{changed_checks(diffs['risk.decisions'])[:3]}"
-        )
 
 
 def changed_checks(diff: Diff) -> list[tuple[str, str, str]]:
@@ -898,9 +865,11 @@ def assert_exact(stage: str, diffs: dict[str, Diff]) -> None:
     """The same records, each as many times as in the clean run: no repeat (so the same
     ClickHouse row counts), nothing different, nothing missing."""
     for logical, diff in diffs.items():
+        # a decision that differs: which checks, the clean run's message and this run's
+        checks = changed_checks(diff)[:3] if logical == "risk.decisions" else ""
         assert diff.exact, (
             f"{stage} → {logical}: {diff!r}; different: {diff.different[:2]}, "
-            f"missing: {diff.missing[:2]}"
+            f"missing: {diff.missing[:2]} {checks}"
         )
 
 
@@ -922,7 +891,6 @@ def test_stage_killed_20_times_gives_the_clean_runs_outputs(
     diffs = compare(clean, run, stage)
     _report(stage, stats, diffs)
     assert stats.kills >= KILLS
-    known_gaps(clean, run, stage, diffs, stats)
     assert_exact(stage, diffs)
 
 
