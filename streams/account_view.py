@@ -389,8 +389,8 @@ class ExposureBook:
             self._written |= {(a, s) for a, s, _ in trimmed}  # tried again at the next
             log.warning("exposure histories not trimmed", extra={"error": repr(exc)})
             return
-        for (account, symbol, versions), done in zip(trimmed, outcomes, strict=True):
-            if done:
+        for (account, symbol, versions), outcome in zip(trimmed, outcomes, strict=True):
+            if outcome:  # trimmed, or gone from Redis: the mirror writes it back trimmed
                 self._exposures[account][symbol] = versions[-1:]
             else:  # another process wrote it since: its copy is the one that counts
                 self._exposures[account].pop(symbol, None)
@@ -532,11 +532,16 @@ class ExposureBook:
 # roll-back past it can no longer restore the symbol's state.
 _VERSIONS_KEPT = 10_000
 
-# Replace a history with its trimmed copy only if it is still what this process wrote.
+# Replace a history with its trimmed copy only if it is still what this process wrote:
+# 1 done, 0 another process wrote it since, -1 not there (Redis lost it: written back later).
 _TRIM_IF_UNCHANGED = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if stored == ARGV[2] then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
   return 1
+end
+if stored == false then
+  return -1
 end
 return 0
 """
