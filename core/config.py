@@ -363,6 +363,12 @@ class RiskLimits(_Section):
         description="the risk gate commits decisions, approved orders and offsets in one "
         "Kafka transaction",
     )
+    event_time_order: bool = Field(
+        default=True,
+        description="the risk gate goes through all its partitions in one event-time order, "
+        "so account-level checks see the other symbols as of the order, the same after a "
+        "restart (false: each partition at its own pace, as Quix does)",
+    )
     # A backtest runs the gate and execution together over complete order and market topics:
     # the gate reads orders far ahead of the execution reports that would move its working
     # orders into the position, and its worst case grows with every order. The paper venue

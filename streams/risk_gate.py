@@ -305,7 +305,7 @@ def build(settings: Settings, name: str) -> StreamApp:
         # Account-level checks read what the other symbols' partitions wrote to the shared
         # book: one event-time order over all partitions makes that a function of the
         # inputs, the same after a restart as in a run without one.
-        event_time_order=True,
+        event_time_order=settings.risk.event_time_order,
     )
     names = stream.names
     book = ExposureBook(
