@@ -22,8 +22,10 @@ over the samples of the feed's running time:
   max(1,000 records, 0.5 s of the target rate), else "growing";
 * RSS: per stage and total, the mean of the second half against the first half; "flat" when
   the total grew by less than 10 %, else "growing";
-* CPU: the cores each stage kept busy and its CPU microseconds per trade fed, and how busy
-  the whole machine was (/proc/stat): where the cores go when the lag grows;
+* CPU: the cores each stage kept busy and its CPU microseconds per trade fed, how busy
+  the whole machine was (/proc/stat) and the cores the rest took (the broker, Redis, this
+  supervisor and the kernel: the machine's busy time less the stages'): where the cores
+  go when the lag grows;
 * rate: the achieved feed rate (trades added to the topic between the first and the last
   sample, per second) against the target, as a ratio; below 0.95 the output says the
   pipeline's feed did not sustain the target here.
@@ -234,6 +236,8 @@ def verdict(soak: Soak, target: float, running_s: float, total_trades: int) -> d
         "cpu_cores_per_stage": cpu_cores,
         "cpu_us_per_trade": {n: c * dt / fed * 1e6 for n, c in cpu_cores.items()} if fed else {},
         "machine_busy": busy / total if total else float("nan"),
+        # everything that is not a stage: the broker, Redis, this supervisor, the kernel
+        "other_cores": busy / dt - sum(cpu_cores.values()) if dt > 0 else float("nan"),
         "samples": len(samples),
         "lag_slope_per_s": lag_slope,
         "lag_growth_second_half": lag_growth,
@@ -345,6 +349,10 @@ def main() -> int:
         for name, cores in sorted(v["cpu_cores_per_stage"].items(), key=lambda kv: -kv[1]):
             per = v["cpu_us_per_trade"].get(name, float("nan"))
             say(f"      {name:<16} {cores:5.2f} cores  {per:8,.0f} µs per trade fed")
+        say(
+            f"      {'everything else':<16} {v['other_cores']:5.2f} cores  "
+            "(the broker, Redis, this supervisor, the kernel)"
+        )
         say(
             f"  rate: achieved {v['achieved_rate']:,.0f} trades/s against a target of "
             f"{args.rate:,.0f}: ratio {v['rate_ratio']:.2f} (between the first and last "
