@@ -31,6 +31,7 @@ class RecordProducer:
         self._serde = serde or AvroSerde.from_settings(settings)
         self._producer = Producer(producer_config(settings, **{"client.id": app}))
         self._failures: list[str] = []
+        self._sent_counters: dict[str, Any] = {}  # per topic: labels() costs more than inc()
         self.delivered = 0
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -85,7 +86,10 @@ class RecordProducer:
             except BufferError:
                 # Local queue full: serve delivery reports to make room, then retry.
                 self._producer.poll(0.1)
-        MESSAGES_OUT.labels(self._app, topic).inc()
+        counter = self._sent_counters.get(topic)
+        if counter is None:
+            counter = self._sent_counters[topic] = MESSAGES_OUT.labels(self._app, topic)
+        counter.inc()
         self._producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:
