@@ -22,7 +22,13 @@ offset ranges, and the tables keep the last ``non_replicated_deduplication_windo
 so the same batch inserted twice is stored once. Batch boundaries after a crash differ from
 those before it, so before inserting, the sink asks the table which of the batch's offsets
 it already holds (same topic, partition, offset and Kafka timestamp) and leaves those out:
-records inserted but not committed before a SIGKILL are not stored twice.
+records inserted but not committed before a SIGKILL are not stored twice. That question is
+asked only where the answer is not already known: once this process has inserted a
+partition's records through some offset since the partition was assigned to it, a batch
+starting past that offset is new (nobody else writes the partition while it is ours), so a
+steady flush is one INSERT per table and no SELECT. An assignment (:meth:`assigned`: another
+owner may have inserted past the commit) and a failed or uncertain insert forget what was
+known.
 
 **Backpressure, not loss.** A failed INSERT (a server gone away, a timeout) raises
 :class:`SinkBackpressureError`: Quix drops the batch, pauses the partitions, seeks back to the
@@ -511,6 +517,10 @@ class ClickHouseSink(BatchingSink):
         self._lock = threading.Lock()
         self._known_columns: dict[str, set[str]] = {}
         self._pending: dict[tuple[str, int], list[Entry]] = {}
+        # per topic partition: the offset through which its table holds exactly what this
+        # process consumed since the partition's assignment (the dedup SELECT is skipped
+        # past it). Each worker thread touches only its table's partitions.
+        self._stored_through: dict[tuple[str, int], int] = {}
         self._failures = 0
         self._max_retry_after = max_retry_after
 
@@ -556,6 +566,12 @@ class ClickHouseSink(BatchingSink):
         """Backpressure elsewhere: drop what is pending (Quix seeks back and resends it)."""
         self._pending = {}
 
+    def assigned(self, committed: dict[tuple[str, int], int]) -> None:
+        """Partitions (re)assigned (``StreamApp.on_assign``): a previous owner may have
+        inserted records past the committed offset, so their next batch is checked."""
+        for tp in committed:
+            self._stored_through.pop(tp, None)
+
     def close(self) -> None:
         """Stop the worker threads and close their clients."""
         self._pool.shutdown(wait=True)
@@ -578,6 +594,7 @@ class ClickHouseSink(BatchingSink):
         if crash is not None:
             raise crash
         if failures:
+            self._stored_through.clear()  # an insert that raised may have landed: ask again
             self._failures += 1
             retry_after = min(self._max_retry_after, 2.0 ** (self._failures - 1))
             log.warning(
@@ -609,8 +626,13 @@ class ClickHouseSink(BatchingSink):
         try:
             client = self._client()
             self._ensure_columns(client, table)
-            items = self._not_yet_stored(client, table, batches)
+            items, beyond = self._not_yet_stored(client, table, batches)
+            # uncertain until acknowledged: a failure below leaves these partitions unknown
+            for topic, partition, _entries in batches:
+                self._stored_through.pop((topic, partition), None)
+            known = [b for b in batches if (b[0], b[1]) not in beyond]
             if not items:
+                self._stored(known)
                 return
             data = table.arrow(items)
             settings = {"insert_deduplication_token": _token(table.table, items)}
@@ -628,6 +650,11 @@ class ClickHouseSink(BatchingSink):
             self._drop_client()  # a fresh connection next time
             raise
         self._inserted(table.table, data.num_rows)
+        self._stored(known)
+
+    def _stored(self, batches: list[tuple[str, int, list[Entry]]]) -> None:
+        for topic, partition, entries in batches:
+            self._stored_through[(topic, partition)] = entries[-1][0]
 
     def _inserted(self, table: str, rows: int) -> None:
         """ClickHouse acknowledged ``rows`` (offsets are not committed yet)."""
@@ -654,9 +681,46 @@ class ClickHouseSink(BatchingSink):
 
     def _not_yet_stored(
         self, client: ClickHouse, table: AuditTable, ranges: list[tuple[str, int, list[Entry]]]
-    ) -> list[tuple[str, int, list[Entry]]]:
+    ) -> tuple[list[tuple[str, int, list[Entry]]], set[tuple[str, int]]]:
         """The records less those the table already holds (a replay after a crash between
-        insert and commit). Bounded: only the batches' offset ranges are read."""
+        insert and commit), and the partitions of which the table holds offsets past the
+        batch (a previous owner got further: they stay unknown). Bounded: only the batches'
+        offset ranges are read, and only of the batches not known to be new
+        (:attr:`_stored_through`)."""
+        unknown = []
+        for topic, partition, entries in ranges:
+            through = self._stored_through.get((topic, partition))
+            if through is None or entries[0][0] <= through:
+                unknown.append((topic, partition, entries))
+        if not unknown:
+            return ranges, set()
+        checked = {(t, p): entries for t, p, entries in self._not_in_table(client, table, unknown)}
+        asked = {(t, p) for t, p, _entries in unknown}
+        beyond = self._stored_past(client, table, unknown)
+        kept = [
+            (t, p, checked[(t, p)] if (t, p) in asked else entries)
+            for t, p, entries in ranges
+            if (t, p) not in asked or (t, p) in checked
+        ]
+        return kept, beyond
+
+    def _stored_past(
+        self, client: ClickHouse, table: AuditTable, ranges: list[tuple[str, int, list[Entry]]]
+    ) -> set[tuple[str, int]]:
+        """The partitions of which the table holds an offset past the batch's last."""
+        where = " OR ".join(
+            f"(_topic = {_quote(t)} AND _partition = {p} AND _offset > {entries[-1][0]})"
+            for t, p, entries in ranges
+        )
+        rows = client.query(
+            f"SELECT DISTINCT _topic, _partition FROM `{self._database}`.`{table.table}` "
+            f"WHERE {where}"
+        ).rows
+        return {(str(t), int(p)) for t, p in rows}
+
+    def _not_in_table(
+        self, client: ClickHouse, table: AuditTable, ranges: list[tuple[str, int, list[Entry]]]
+    ) -> list[tuple[str, int, list[Entry]]]:
         where = " OR ".join(
             f"(_topic = {_quote(t)} AND _partition = {p} "
             f"AND _offset BETWEEN {entries[0][0]} AND {entries[-1][0]})"

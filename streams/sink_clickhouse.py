@@ -62,6 +62,7 @@ def build(settings: Settings, name: str) -> tuple[StreamApp, ClickHouseSink]:
         return connect_clickhouse(settings, writer=True)
 
     sink = ClickHouseSink(connect, conf.database, tables, threads=conf.insert_threads)
+    stream.on_assign(sink.assigned)
     for sdf in frames:
         sdf.sink(sink)
     return stream, sink

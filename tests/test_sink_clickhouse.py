@@ -340,3 +340,79 @@ def test_a_record_that_gains_an_optional_field_gets_its_column_while_the_sink_ru
     assert grown.rows == [(i, None) for i in range(5)] + [(i, i * 10) for i in range(5, 10)]
     rows = chdb.query(f"SELECT _offset, exchange_seq FROM {DB}.trades ORDER BY _offset").rows
     assert rows == [(i, None) for i in range(10)] + [(10, 100)]  # re-added, then inserted
+
+
+class _CountingChdb(ChdbClickHouse):
+    """chDB that counts the sink's "which offsets do you hold" questions."""
+
+    asked: list[str] = []
+
+    def query(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        if "_kafka_timestamp_ms" in sql or "DISTINCT _topic" in sql:
+            _CountingChdb.asked.append(sql)
+        return super().query(sql, *args, **kwargs)
+
+
+def test_a_partition_owned_throughout_is_not_asked_again_and_a_reassigned_one_is(
+    chdb: ClickHouse, chdb_dir: Path
+) -> None:
+    spec = table_specs()["market.trades"]
+    topic = "t.market.trades"
+    trades = [_trade(i) for i in range(400)]
+    _CountingChdb.asked = []
+    ours = ClickHouseSink(lambda: _CountingChdb(chdb_dir), DB, {topic: spec}, threads=1)
+    try:
+        _add(ours, topic, trades[:100], 0)
+        _add(ours, "t.market.trades", trades[:30], 0, partition=1)
+        ours.flush()
+        assert len(_CountingChdb.asked) == 2  # a fresh sink cannot know: it asks (twice)
+        _add(ours, topic, trades[100:200], 100)
+        _add(ours, topic, trades[30:60], 30, partition=1)
+        ours.flush()
+        assert len(_CountingChdb.asked) == 2  # both partitions ours since: nothing asked
+
+        _add(ours, topic, trades[150:250], 150)  # sought back (backpressure elsewhere)
+        ours.flush()
+        assert len(_CountingChdb.asked) == 4  # offsets it already wrote: asked again
+
+        # Partition 0 goes to another process, which inserts 250..299, commits 270 and dies;
+        # it comes back to us at the commit.
+        theirs = _sink(chdb_dir, {topic: spec})
+        _add(theirs, topic, trades[250:300], 250)
+        theirs.flush()
+        theirs.close()
+        ours.assigned({(topic, 0): 270})
+        _add(ours, topic, trades[270:400], 270)
+        _add(ours, topic, trades[60:90], 60, partition=1)  # partition 1 stayed ours
+        ours.flush()
+        assert len(_CountingChdb.asked) == 6
+        assert not any("_partition = 1" in sql for sql in _CountingChdb.asked[-2:])
+    finally:
+        ours.close()
+
+    assert _one(chdb, f"SELECT count() FROM {DB}.trades WHERE _partition = 0") == 400
+    assert _one(chdb, f"SELECT uniqExact(_offset) FROM {DB}.trades WHERE _partition = 0") == 400
+    assert _one(chdb, f"SELECT count() FROM {DB}.trades WHERE _partition = 1") == 90
+
+
+def test_an_insert_that_failed_makes_the_sink_ask_again(chdb: ClickHouse, chdb_dir: Path) -> None:
+    spec = table_specs()["market.trades"]
+    topic = "t.market.trades"
+    _CountingChdb.asked = []
+    sink = ClickHouseSink(lambda: _CountingChdb(chdb_dir), DB, {topic: spec}, threads=1)
+    try:
+        _add(sink, topic, [_trade(i) for i in range(40)], 0)
+        sink.flush()
+        chdb.command(f"DETACH TABLE {DB}.trades")
+        _add(sink, topic, [_trade(i) for i in range(40, 80)], 40)
+        with pytest.raises(SinkBackpressureError):
+            sink.flush()
+        chdb.command(f"ATTACH TABLE {DB}.trades")
+        asked = len(_CountingChdb.asked)
+        _add(sink, topic, [_trade(i) for i in range(40, 80)], 40)  # Quix seeks back
+        sink.flush()
+        assert len(_CountingChdb.asked) == asked + 2
+    finally:
+        sink.close()
+
+    assert _one(chdb, f"SELECT count() FROM {DB}.trades") == 80
