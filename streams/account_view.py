@@ -556,7 +556,14 @@ def _versions(raw: bytes | str | None) -> list[list[int]]:
     if raw is None:
         return []
     try:
-        data = json.loads(raw)
+        return _versions_of(json.loads(raw))
+    except ValueError as exc:
+        raise MalformedBookEntry(f"not a list of exposure versions ({exc})") from None
+
+
+def _versions_of(data: Any) -> list[list[int]]:
+    """:func:`_versions` of the parsed JSON."""
+    try:
         if not isinstance(data, list):
             raise TypeError(f"a JSON {type(data).__name__}")
         if data and not isinstance(data[0], list):  # a current value: [worst, price, rate]
@@ -579,7 +586,7 @@ def _current(raw: bytes | str) -> tuple[int, int, int] | None:
             return worst, price, rate
     except (ValueError, TypeError) as exc:
         raise MalformedBookEntry(f"not an exposure value ({exc})") from None
-    versions = _versions(raw)
+    versions = _versions_of(data)  # parsed once
     if not versions:
         return None
     worst, price, rate = versions[-1][3:]
@@ -593,12 +600,34 @@ def _add(
     kept = [v for v in versions if v[:3] != tag or tag[0] < 0]
     kept.append([*tag, worst, price, rate])
     if len(kept) > _VERSIONS_KEPT:
-        log.warning(
-            "exposure history at its bound: a roll-back past its oldest version is lost",
-            extra={"versions": len(kept)},
-        )
+        _BOUND_WARNING.note(len(kept) - _VERSIONS_KEPT)
         del kept[: len(kept) - _VERSIONS_KEPT]
     return kept
+
+
+class _ThrottledWarning:
+    """The history bound's warning: at its first trim, then at most once a minute with the
+    count since (a stalled commit would otherwise log it on every write)."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self._every_s = every_s
+        self._next_at = 0.0
+        self._dropped = 0
+
+    def note(self, dropped: int) -> None:
+        self._dropped += dropped
+        now = time.monotonic()
+        if now < self._next_at:
+            return
+        log.warning(
+            "exposure history at its bound: a roll-back past its oldest version is lost",
+            extra={"versions_kept": _VERSIONS_KEPT, "versions_dropped": self._dropped},
+        )
+        self._dropped = 0
+        self._next_at = now + self._every_s
+
+
+_BOUND_WARNING = _ThrottledWarning()
 
 
 def _member_tag(member: bytes | str) -> list[int]:

@@ -344,3 +344,29 @@ def test_an_unreadable_book_entry_refuses_the_order_and_its_owner_rewrites_it(
     owner.record("acct", "BAD", to_fixed("-20"), price, rate)
     assert context().error is None
     assert Decimal(context().others_gross) / 10**9 == _gross(("100", "10"), ("-20", "10"))
+
+
+def test_a_history_at_its_bound_keeps_the_newest_and_warns_once_not_per_write(
+    own_redis: LocalRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Commits that stall let a history grow to its bound; each write past it drops the
+    oldest version. That is worth a warning, not one per write (before: 15 of them here)."""
+    from streams import account_view
+
+    monkeypatch.setattr(account_view, "_VERSIONS_KEPT", 5)
+    monkeypatch.setattr(account_view, "_BOUND_WARNING", account_view._ThrottledWarning())
+    settings = _settings(own_redis, tmp_path, 20.0)
+    topics = ("t.orders.requests", "t.market.trades", "t.execution.reports")
+    book = ExposureBook(settings, topics=topics)
+    rate = to_fixed("0.5")
+    with caplog.at_level(logging.WARNING, logger="streams.account_view"):
+        for offset in range(20):  # never committed: the history only grows
+            book.record(
+                "acct", "AAA", to_fixed(offset), to_fixed("10"), rate, at=(topics[0], 0, offset)
+            )
+    history = json.loads(book.client.hget(f"{book.prefix}history:acct", "AAA") or "[]")
+    assert [v[2] for v in history] == [15, 16, 17, 18, 19]  # the newest five offsets
+    warnings = [r for r in caplog.records if "at its bound" in r.getMessage()]
+    assert len(warnings) == 1
+    book.close()
