@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 SOURCE = "synthetic"
 #: /healthz fails once the feed loop has not turned for this long (or a tick interval more)
 LIVENESS_STALL_S = 120.0
-#: the feed sleeps only once it is this far ahead of its rate: a sleep costs a context
-#: switch (tens of µs on a VM), so one per trade cost more than the trade at 5,000/s
-PACING_QUANTUM_S = 0.002
 
 
 def run(
@@ -80,7 +77,7 @@ def run(
             sent += 1
             next_at += interval
             delay = next_at - time.monotonic()
-            if delay >= PACING_QUANTUM_S or (delay > 0 and interval >= PACING_QUANTUM_S):
+            if delay > 0:
                 time.sleep(delay)  # pacing the feed to its rate, not waiting for a condition
             elif delay < -1.0:
                 next_at = time.monotonic()  # fell behind: don't burst to catch up
