@@ -39,8 +39,11 @@ def _env(kafka_bootstrap: str, redis_url: str, prefix: str, state_dir: Path) -> 
             # between first entries (100 shares) and reversals makes the gate reject some.
             "OMNIQUANT_RISK__MAX_ORDER_NOTIONAL": "60000",
             "OMNIQUANT_RISK__MAX_POSITION_PER_SYMBOL": "1000",
-            # Bars and risk observations on the same short clock: 3 s of ticks give
-            # ~150 bar closes, enough returns for VaR.
+            # Bars, marks and risk observations on the same short clock: 3 s of ticks give
+            # ~130 observations, enough returns for VaR. With marks at the default 1 s the
+            # paper account's snapshots came from its 12-20 fills and 3 marks a symbol:
+            # 13-17 observations, against the 11 VaR needs.
+            "OMNIQUANT_PORTFOLIO__MARK_INTERVAL_MS": "20",
             "OMNIQUANT_BARS__INTERVALS_MS": "[20, 1000]",
             "OMNIQUANT_RISK_METRICS__CADENCE_MS": "20",
             "OMNIQUANT_RISK_METRICS__WINDOW": "100",
